@@ -1,0 +1,331 @@
+"""Checkpoint naming, listing, reading and atomic writing, in one place.
+
+Training checkpoints are ``DIR/model.ckpt-<step>``; every other checkpoint
+(eval re-saves, averaged and overwritten ones) lives beside them under other
+names.  Only training saves are recorded in the ``checkpoint`` state file, so
+resuming never picks up an inference checkpoint; and ``latest_checkpoint``
+ignores that file altogether and looks at the ``model.ckpt-N.index`` files.
+
+All paths go through ``tf.io.gfile``: local, ``gs://`` and ``ram://`` work.
+"""
+import posixpath
+import re
+import uuid
+from typing import Any, Callable, Collection, Dict, Iterable, List, Mapping, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+from absl import app
+
+from errors import UsageError, exit_with_message
+
+gfile = tf.io.gfile
+
+TRAIN_BASENAME = "model.ckpt"
+GLOBAL_STEP = "global_step"
+
+# Slot names of the tf.compat.v1.train optimizers (default optimizer names and
+# the `_1`, `_2` suffixes TF adds to the second and third slot of one variable).
+# Used when the list of all variable names is not at hand.
+_KNOWN_SLOT = re.compile(
+    r"/(Adam|Momentum|RMSProp|Adagrad|AdagradDA|ProximalAdagrad|Ftrl|Adadelta|"
+    r"ExponentialMovingAverage)(_\d+)?$")
+_BETA_POWER = re.compile(r"(^|/)beta[12]_power(_\d+)?$")
+_MEMBER = re.compile(r"^tower/model(\d+)/(.*)$")
+_STEP_SUFFIX = re.compile(r"-(\d+)$")
+_FILE_SUFFIX = re.compile(r"\.(index|meta|data-\d+-of-\d+)$")
+
+
+def _join(directory: str, name: str) -> str:
+    """Joins with '/', which is right for local, gs:// and ram:// alike."""
+    return posixpath.join(directory, name) if directory else name
+
+
+def _split(path: str) -> Tuple[str, str]:
+    """(directory, basename) of a checkpoint prefix, for any file system."""
+    return posixpath.split(path)
+
+
+def strip_checkpoint_suffix(path: str) -> str:
+    """``model.ckpt-10.index`` (or .meta, .data-*) -> ``model.ckpt-10``."""
+    return _FILE_SUFFIX.sub("", path)
+
+
+def checkpoint_exists(path: str) -> bool:
+    """True when the checkpoint prefix ``path`` has its ``.index`` file."""
+    return gfile.exists(path + ".index")
+
+
+def step_of(path: str) -> int | None:
+    """The N of ``...-N`` (``model.ckpt-170010`` -> 170010); None otherwise."""
+    match = _STEP_SUFFIX.search(strip_checkpoint_suffix(path))
+    return int(match.group(1)) if match else None
+
+
+def list_checkpoints(prefix_or_dir: str) -> List[Tuple[int, str]]:
+    """Every ``<prefix>-N`` that has an .index, as (N, path) sorted by N.
+
+    ``prefix_or_dir`` is a prefix such as ``DIR/model.ckpt``, or a directory,
+    which means ``DIR/model.ckpt``.  Names with anything after the step
+    (``model.ckpt-10_backup``) are not checkpoints of this series.
+    """
+    prefix = prefix_or_dir
+    index_files = [] if prefix.endswith("/") else gfile.glob(prefix + "-*.index")
+    if not index_files and gfile.isdir(prefix):
+        prefix = _join(prefix.rstrip("/"), TRAIN_BASENAME)
+        index_files = gfile.glob(prefix + "-*.index")
+    directory, base = _split(prefix)
+    pattern = re.compile(re.escape(base) + r"-(\d+)\.index")
+    found = []
+    for index_file in index_files:
+        match = pattern.fullmatch(_split(index_file)[1])
+        if match:
+            found.append((int(match.group(1)), _join(directory, base + "-" + match.group(1))))
+    return sorted(found)
+
+
+def latest_checkpoint(train_dir: str, basename: str = TRAIN_BASENAME) -> str | None:
+    """The ``train_dir/<basename>-N`` with the highest N, or None.
+
+    The ``checkpoint`` state file is deliberately not consulted: 2018 tools
+    rewrote it to point at inference checkpoints.
+    """
+    found = list_checkpoints(_join(train_dir.rstrip("/"), basename))
+    return found[-1][1] if found else None
+
+
+def inference_name(checkpoint_basename: str, force_output_model_name: bool,
+                   ensemble_weights: Sequence[float]) -> str | None:
+    """Name of eval.py's inference re-save of a checkpoint (SPEC 7), None for none.
+
+    ``inference_model`` when forced; an ``inference_model*ensemble*`` name
+    gets the weights spliced in (``ensemble`` -> ``ensemble_039_026_021_014``);
+    any other inference model is not re-saved; ``model.ckpt-170010`` becomes
+    ``inference_model_170010``; an averaged checkpoint (``avg`` in the name)
+    becomes ``inference_model_<name>``.
+    """
+    name = checkpoint_basename
+    if force_output_model_name:
+        return "inference_model"
+    if "inference_model" in name:
+        if "ensemble" not in name:
+            return None
+        text = repr([float(w) for w in ensemble_weights]).replace(",", "").replace(" ", "_")
+        for char in ".[]":
+            text = text.replace(char, "")
+        return name.replace("ensemble", "ensemble_" + text)
+    if "avg" not in name:
+        return "inference_model_" + name.rsplit("-", 1)[-1]
+    return "inference_model_" + name
+
+
+def ensemble_member(name: str) -> Tuple[int, str] | None:
+    """(member index, name inside the model) of an ensemble variable, else None.
+
+    ``tower/model10/X`` -> (10, ``X``); ``tower/X`` -> (0, ``X``).  The exact
+    pattern keeps model1 and model10 apart.
+    """
+    match = _MEMBER.match(name)
+    if match:
+        return int(match.group(1)), match.group(2)
+    if name.startswith("tower/"):
+        return 0, name[len("tower/"):]
+    return None
+
+
+def _parent(name: str) -> str | None:
+    return name.rsplit("/", 1)[0] if "/" in name else None
+
+
+def is_model_variable(name: str, all_names: Collection[str] | None = None) -> bool:
+    """False for optimizer state and ``global_step``, True for model weights.
+
+    Optimizer slots are named ``<var>/<SlotName>``: when ``all_names`` (every
+    variable of the same checkpoint or graph) is given, a variable whose
+    parent name is itself a variable is a slot, whatever the optimizer; the
+    default slot names of the tf.compat.v1.train optimizers are recognised
+    without it.  Adam's ``beta1_power``/``beta2_power`` are dropped too.
+    """
+    if name == GLOBAL_STEP or _BETA_POWER.search(name) or _KNOWN_SLOT.search(name):
+        return False
+    return not (all_names is not None and _parent(name) in all_names)
+
+
+def model_variable_names(names: Iterable[str]) -> List[str]:
+    """The model variables among ``names`` (all of one checkpoint), in order."""
+    names = list(names)
+    everything = set(names)
+    return [n for n in names if is_model_variable(n, everything)]
+
+
+def model_variables(var_list: Sequence[tf.Variable]) -> List[tf.Variable]:
+    """``var_list`` without optimizer slots, beta powers and global_step."""
+    keep = set(model_variable_names(v.op.name for v in var_list))
+    return [v for v in var_list if v.op.name in keep]
+
+
+def create_global_step(graph: tf.Graph | None = None) -> tf.Variable:
+    """An int32 ``global_step`` variable (0), as in every 2018 artefact.
+
+    TF2's get_or_create_global_step makes an int64 one, which cannot restore
+    a 2018 checkpoint.  Call it at the top variable scope.
+    """
+    graph = graph or tf.compat.v1.get_default_graph()
+    with graph.as_default():
+        return tf.compat.v1.get_variable(
+            GLOBAL_STEP, shape=[], dtype=tf.int32,
+            initializer=tf.compat.v1.zeros_initializer(), trainable=False,
+            collections=[tf.compat.v1.GraphKeys.GLOBAL_VARIABLES,
+                         tf.compat.v1.GraphKeys.GLOBAL_STEP])
+
+
+def open_checkpoint(path: str, what: str = "checkpoint") -> Any:
+    """A reader for ``path``; a missing or unreadable one is a UsageError."""
+    if not checkpoint_exists(path):
+        raise UsageError(f"{what} {path} does not exist (no {path}.index)")
+    try:
+        return tf.compat.v1.train.NewCheckpointReader(path)
+    except Exception as e:  # the reader raises OpError, ValueError, IndexError, ...
+        raise UsageError(f"cannot read {what} {path}: {describe_error(e)}") from None
+
+
+def read_tensor(reader: Any, name: str, path: str) -> np.ndarray:
+    """One tensor of a checkpoint; a corrupt data file is a UsageError naming it."""
+    try:
+        return reader.get_tensor(name)
+    except Exception as e:  # the reader raises OpError, ValueError, IndexError, ...
+        raise UsageError(
+            f"cannot read {name} from checkpoint {path}: {describe_error(e)}") from None
+
+
+def run_tool(main: Callable[[], None]) -> None:
+    """Runs a checkpoint tool's ``main`` under absl with the error contract.
+
+    A problem the user can fix ends in one ``ERROR:`` line and a non-zero
+    exit, never in a traceback.  (cli.run is the same for train/eval/inference,
+    but it imports app_flags, whose flags these tools must not accept.)
+    """
+    def wrapped(argv: List[str]) -> None:
+        if len(argv) > 1:
+            exit_with_message(f"unexpected arguments {' '.join(argv[1:])}: flags are --name=value")
+        try:
+            main()
+        except UsageError as e:
+            exit_with_message(str(e))
+        except tf.errors.OpError as e:
+            exit_with_message(f"{type(e).__name__}: {describe_error(e)}")
+
+    app.run(wrapped)
+
+
+def describe_error(error: Exception) -> str:
+    """The first line of an error's message (TF messages run on for pages)."""
+    text = getattr(error, "message", None) or str(error)
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+def save_atomically(saver: tf.compat.v1.train.Saver, sess: tf.compat.v1.Session,
+                    save_path: str, global_step: Any = None, write_meta_graph: bool = True,
+                    record_in_state: bool = False) -> str:
+    """Saves to ``save_path`` (``-<global_step>`` appended) without half-written files.
+
+    The Saver writes under a hidden temporary prefix in the same directory;
+    the files are then renamed data shards -> meta -> index, the index last, so
+    the final name never has an index without its data.  A previous
+    checkpoint of the same name loses its index first (never an old index over
+    new data).  ``record_in_state`` (training saves only) records every kept
+    checkpoint of this series in the directory's ``checkpoint`` state file.
+    Returns the final checkpoint prefix.
+    """
+    if global_step is not None and not isinstance(global_step, (int, np.integer)):
+        global_step = tf.compat.v1.train.global_step(sess, global_step)
+    final = save_path if global_step is None else f"{save_path}-{int(global_step)}"
+    directory, base = _split(final)
+    if directory:
+        gfile.makedirs(directory)
+    temp = _join(directory, f".tmp-{uuid.uuid4().hex}-{base}")
+    try:
+        saver.save(sess, temp, write_meta_graph=write_meta_graph, write_state=False)
+        _move_checkpoint(temp, final)
+    finally:
+        for leftover in gfile.glob(temp + ".*"):
+            gfile.remove(leftover)
+    if record_in_state:
+        kept = [path for _, path in list_checkpoints(save_path)]
+        tf.compat.v1.train.update_checkpoint_state(
+            directory, final, all_model_checkpoint_paths=kept)
+    return final
+
+
+def _move_checkpoint(temp: str, final: str) -> None:
+    """Renames the files of checkpoint ``temp`` to ``final``, index last."""
+    old_shards = set(gfile.glob(final + ".data-*"))
+    if gfile.exists(final + ".index"):
+        gfile.remove(final + ".index")
+    new_files = gfile.glob(temp + ".data-*")
+    if gfile.exists(temp + ".meta"):
+        new_files.append(temp + ".meta")
+    new_files.append(temp + ".index")
+    renamed = set()
+    for source in new_files:
+        target = final + source[len(temp):]
+        gfile.rename(source, target, overwrite=True)
+        renamed.add(target)
+    for stale in old_shards - renamed:
+        gfile.remove(stale)
+
+
+def write_checkpoint(values: Mapping[str, np.ndarray], save_path: str, global_step: int = 0,
+                     meta_graph_path: str | None = None) -> str:
+    """Writes ``values`` (name -> array) as checkpoint ``<save_path>-<global_step>``.
+
+    The checkpoint also holds an int32 ``global_step``.  Its meta graph is a
+    graph of plain variables, or, with ``meta_graph_path``, that meta graph
+    (which must have a variable of the same shape and dtype for every value),
+    so scripts that load the meta graph can restore the result.  Written
+    atomically; the ``checkpoint`` state file is not touched.
+    """
+    with tf.Graph().as_default() as graph:
+        if meta_graph_path:
+            tf.compat.v1.train.import_meta_graph(meta_graph_path, clear_devices=True)
+        variables: Dict[str, tf.Variable] = {
+            v.op.name: v for v in tf.compat.v1.global_variables()}
+        if GLOBAL_STEP not in variables:
+            variables[GLOBAL_STEP] = create_global_step(graph)
+        step_dtype = variables[GLOBAL_STEP].dtype.base_dtype.as_numpy_dtype
+        feed = {GLOBAL_STEP: np.asarray(global_step, step_dtype)}
+        for name, value in values.items():
+            value = np.asarray(value)
+            var = variables.get(name)
+            if var is None:
+                if meta_graph_path:
+                    raise UsageError(f"meta graph {meta_graph_path} has no variable {name}")
+                var = variables[name] = _plain_variable(name, value)
+            _check_matches(var, value, meta_graph_path)
+            feed[name] = value
+        saved = {name: variables[name] for name in feed}
+        saver = tf.compat.v1.train.Saver(var_list=saved, allow_empty=True)
+        with tf.compat.v1.Session(graph=graph) as sess:
+            for name, value in feed.items():
+                var = saved[name]
+                # What Variable.load does: feed the initial value, so the
+                # values are not embedded in the meta graph as constants.
+                sess.run(var.initializer, {var.initializer.inputs[1]: value})
+            return save_atomically(saver, sess, save_path, global_step=global_step,
+                                   write_meta_graph=True, record_in_state=False)
+
+
+def _plain_variable(name: str, value: np.ndarray) -> tf.Variable:
+    """A variable of ``value``'s shape and dtype; the value is fed, not embedded."""
+    return tf.compat.v1.get_variable(
+        name, shape=value.shape, dtype=tf.as_dtype(value.dtype),
+        initializer=tf.compat.v1.zeros_initializer(), trainable=False)
+
+
+def _check_matches(var: tf.Variable, value: np.ndarray, meta_graph_path: str | None) -> None:
+    shape = var.shape.as_list()
+    dtype = var.dtype.base_dtype
+    if shape != list(value.shape) or dtype != tf.as_dtype(value.dtype):
+        raise UsageError(
+            f"variable {var.op.name} is {dtype.name}{shape} in meta graph {meta_graph_path} "
+            f"but {tf.as_dtype(value.dtype).name}{list(value.shape)} in its checkpoint")

@@ -1,0 +1,104 @@
+"""Dense layers whose kernel may be stored in float16.
+
+The 2018 float16 ensemble stored its largest matrices in half precision to
+halve checkpoint and GPU memory size while computing in float32.  This module
+holds the shared pieces: creating such a weight (``get_weight``), applying a
+kernel to rank-2 or higher inputs (``dense``) and a TF1 ``core.Dense``-like
+layer (``Dense``) with the ``kernel``/``bias`` variable names.
+"""
+from typing import Callable, Sequence
+
+import tensorflow as tf
+
+Regularizer = Callable[[tf.Tensor], tf.Tensor | None]
+Initializer = Callable[..., tf.Tensor]
+
+
+def get_weight(name: str, shape: Sequence[int], initializer: Initializer,
+               float16_flag: bool = False,
+               regularizer: Regularizer | None = None) -> tf.Tensor:
+    """A get_variable weight, float16-stored under ``float16_flag``, read as float32.
+
+    The regularisation loss is computed on the float32 value, is float32, and
+    is added to REGULARIZATION_LOSSES only when the variable is created (not
+    when a reusing scope, e.g. a second tower, fetches it again).
+    """
+    existing = {id(v) for v in tf.compat.v1.global_variables()}
+    var = tf.compat.v1.get_variable(name, shape, dtype=tf.float16 if float16_flag else tf.float32,
+                                    initializer=initializer)
+    value = tf.cast(var, tf.float32)
+    if regularizer is not None and id(var) not in existing:
+        with tf.name_scope(var.op.name + "/Regularizer/"):
+            loss = regularizer(value)
+        if loss is not None:
+            tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.REGULARIZATION_LOSSES,
+                                           tf.cast(loss, tf.float32))
+    return value
+
+
+def matmul_last_axis(inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """inputs [..., n] @ kernel [n, m] -> [..., m], in the inputs' dtype."""
+    kernel = tf.cast(kernel, inputs.dtype)
+    if inputs.shape.rank == 2:
+        return tf.matmul(inputs, kernel)
+    return tf.tensordot(inputs, kernel, [[inputs.shape.rank - 1], [0]])
+
+
+def dense(inputs: tf.Tensor, units: int, *, activation: Callable | None = None,
+          kernel_name: str, bias_name: str,
+          kernel_initializer: Initializer | None = None,
+          bias_initializer: Initializer | None = None,
+          kernel_regularizer: Regularizer | None = None,
+          float16_flag: bool = False) -> tf.Tensor:
+    """activation(inputs @ kernel + bias) with variables in the current scope.
+
+    ``bias_initializer=None`` means no bias.  The bias is always float32.
+    """
+    if inputs.shape.rank is None or inputs.shape.rank < 2:
+        raise ValueError(f"dense layer needs a rank >= 2 input, got shape {inputs.shape}")
+    kernel = get_weight(kernel_name, [int(inputs.shape[-1]), units],
+                        kernel_initializer or tf.compat.v1.glorot_uniform_initializer(),
+                        float16_flag, kernel_regularizer)
+    outputs = matmul_last_axis(inputs, kernel)
+    if bias_initializer is not None:
+        bias = tf.compat.v1.get_variable(bias_name, [units], dtype=tf.float32,
+                                         initializer=bias_initializer)
+        outputs = tf.nn.bias_add(outputs, tf.cast(bias, outputs.dtype))
+    return activation(outputs) if activation is not None else outputs
+
+
+class Dense:
+    """TF1 ``core.Dense`` look-alike: ``<name>/kernel`` and ``<name>/bias``.
+
+    The default name is ``dense``, made unique per graph (``dense_1``, ...).
+    Calling the same layer again reuses its variables.
+    """
+
+    def __init__(self, units: int, activation: Callable | None = None,
+                 use_bias: bool = True, kernel_initializer: Initializer | None = None,
+                 bias_initializer: Initializer = tf.compat.v1.zeros_initializer(),
+                 kernel_regularizer: Regularizer | None = None,
+                 float16_flag: bool = False, name: str | None = None):
+        self.units = units
+        self.activation = activation
+        self.use_bias = use_bias
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
+        self.kernel_regularizer = kernel_regularizer
+        self.float16_flag = float16_flag
+        self.name = name
+        self._scope = None
+
+    def __call__(self, inputs: tf.Tensor) -> tf.Tensor:
+        if self._scope is None:
+            scope_args = dict(name_or_scope=self.name, default_name="dense")
+        else:
+            scope_args = dict(name_or_scope=self._scope, reuse=True)
+        with tf.compat.v1.variable_scope(values=[inputs], **scope_args) as scope:
+            self._scope = scope
+            return dense(inputs, self.units, activation=self.activation,
+                         kernel_name="kernel", bias_name="bias",
+                         kernel_initializer=self.kernel_initializer,
+                         bias_initializer=self.bias_initializer if self.use_bias else None,
+                         kernel_regularizer=self.kernel_regularizer,
+                         float16_flag=self.float16_flag)

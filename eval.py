@@ -1,0 +1,192 @@
+"""Evaluates checkpoints (Hit@1, PERR, mAP, GAP, loss) and re-saves them for inference.
+
+    python eval.py --eval_data_pattern=DATA/frame/validate*.tfrecord --train_dir=RUN \\
+        --run_once=True --checkpoint=model.ckpt-170010.index
+
+The data and model choices come from RUN/model_flags.json.  Right after the
+restore, the checkpoint is re-saved with its inference meta graph under the
+names the ensemble workflow expects (see checkpoint_utils.inference_name).
+"""
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Set
+
+import tensorflow as tf
+from absl import logging
+
+import app_flags
+import checkpoint_utils
+import cli
+import eval_util
+import export
+import model_config
+import model_graph
+import readers
+from errors import UsageError
+
+
+@dataclass
+class EvalGraph:
+    graph: tf.Graph
+    global_step: tf.Variable
+    saver: tf.compat.v1.train.Saver
+    iterator_init: tf.Operation | None
+    predictions: tf.Tensor | None
+    labels: tf.Tensor | None
+    loss: tf.Tensor | None
+
+
+def build_eval_graph(config: model_config.ModelConfig, files) -> EvalGraph:
+    """The model with is_training=False, fed by the eval files (or by nothing)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        global_step = model_graph.create_global_step()
+        if files is None:
+            raw = tf.compat.v1.placeholder(tf.float32, model_graph.input_shape(config))
+            num_frames = tf.compat.v1.placeholder(tf.int32, [None])
+            model_graph.build_predictions(raw, num_frames, config, is_training=False)
+            saver = tf.compat.v1.train.Saver(model_graph.model_variables())
+            return EvalGraph(graph, global_step, saver, None, None, None, None)
+        reader = readers.get_reader(config.frame_features, config.feature_names,
+                                    config.feature_sizes, config.num_classes,
+                                    app_flags.value("max_frames"))
+        dataset = readers.build_dataset(
+            reader, files, app_flags.value("batch_size"), shuffle=False, num_epochs=1,
+            num_readers=app_flags.value("num_readers"),
+            skip_corrupt_records=app_flags.value("skip_corrupt_records"))
+        iterator = tf.compat.v1.data.make_initializable_iterator(dataset)
+        batch = iterator.get_next()
+        outputs = model_graph.build_predictions(batch["video_matrix"], batch["num_frames"],
+                                                config, is_training=False)
+        labels = tf.cast(batch["labels"], tf.float32)
+        loss = model_graph.find_loss(config.label_loss).calculate_loss(
+            outputs.predictions, labels)
+        saver = tf.compat.v1.train.Saver(model_graph.model_variables())
+    return EvalGraph(graph, global_step, saver, iterator.initializer, outputs.predictions,
+                     batch["labels"], loss)
+
+
+def _in_train_dir(train_dir: str, name: str) -> str:
+    path = name if "://" in name or os.path.isabs(name) else os.path.join(train_dir, name)
+    return path[:-len(".index")] if path.endswith(".index") else path
+
+
+def requested_checkpoint(train_dir: str) -> str | None:
+    """The checkpoint named by --checkpoint_file or --checkpoint, if any."""
+    for flag in ("checkpoint_file", "checkpoint"):
+        name = app_flags.value(flag)
+        if name:
+            path = _in_train_dir(train_dir, name)
+            if not checkpoint_utils.checkpoint_exists(path):
+                raise UsageError(f"--{flag}={name}: checkpoint {path} not found")
+            return path
+    return None
+
+
+def resave(sess, eg: EvalGraph, config, train_dir: str, checkpoint: str) -> None:
+    weights = [w for _, _, w in app_flags.ensemble_members()]
+    name = checkpoint_utils.inference_name(
+        os.path.basename(checkpoint), app_flags.value("force_output_model_name"), weights)
+    if name is None:
+        return
+    path = export.save_inference_model(sess, eg.saver, config, os.path.join(train_dir, name))
+    logging.info("Re-saved %s as %s (+ .meta)", checkpoint, path)
+
+
+def evaluate_checkpoint(sess, eg: EvalGraph, config, train_dir: str, checkpoint: str,
+                        writer) -> dict | None:
+    """Restores, re-saves, and (unless --create_meta_only) runs one pass of metrics."""
+    eg.saver.restore(sess, checkpoint)
+    step = int(sess.run(eg.global_step))
+    resave(sess, eg, config, train_dir, checkpoint)
+    if app_flags.value("create_meta_only"):
+        return None
+    metrics = eval_util.EvaluationMetrics(config.num_classes, app_flags.value("top_k"))
+    sess.run(eg.iterator_init)
+    start, examples = time.time(), 0
+    while True:
+        try:
+            predictions, labels, loss = sess.run([eg.predictions, eg.labels, eg.loss])
+        except tf.errors.OutOfRangeError:
+            break
+        metrics.accumulate(predictions, labels, loss)
+        examples += len(predictions)
+        logging.log_every_n_seconds(logging.INFO, "evaluated %d videos, %.1f videos/sec", 10,
+                                    examples, examples / max(time.time() - start, 1e-9))
+    if examples == 0:
+        raise UsageError("the eval data holds no videos")
+    result = metrics.get()
+    record = {
+        "checkpoint": checkpoint, "global_step": step, "num_examples": examples,
+        "hit_at_one": round(float(result["avg_hit_at_one"]), 5),
+        "perr": round(float(result["avg_perr"]), 5),
+        "map": round(float(result["map"]), 5),
+        "gap": round(float(result["gap"]), 5),
+        "loss": round(float(result["avg_loss"]), 5),
+        "videos_per_sec": round(examples / max(time.time() - start, 1e-9), 1),
+    }
+    logging.info("%s step %d | Avg_Hit@1: %.5f | Avg_PERR: %.5f | MAP: %.5f | GAP: %.5f | "
+                 "Avg_Loss: %.5f", os.path.basename(checkpoint), step, record["hit_at_one"],
+                 record["perr"], record["map"], record["gap"], record["loss"])
+    summary = tf.compat.v1.Summary(value=[
+        tf.compat.v1.Summary.Value(tag=f"eval/{k}", simple_value=record[k])
+        for k in ("hit_at_one", "perr", "map", "gap", "loss")])
+    writer.add_summary(summary, step)
+    writer.flush()
+    print(json.dumps(record), flush=True)
+    return record
+
+
+def evaluate() -> None:
+    train_dir = app_flags.value("train_dir")
+    config = model_config.for_evaluation(train_dir)
+    model_graph.find_model_class(config.model)
+    explicit = requested_checkpoint(train_dir)
+    files = None
+    if not app_flags.value("create_meta_only"):
+        if not app_flags.value("eval_data_pattern"):
+            raise UsageError("--eval_data_pattern is required (or pass --create_meta_only)")
+        files = readers.resolve_data_files(app_flags.value("eval_data_pattern"),
+                                           flag_name="eval_data_pattern")
+    eg = build_eval_graph(config, files)
+    eg.graph.finalize()
+    writer = tf.compat.v1.summary.FileWriter(os.path.join(train_dir, "eval"))
+    with tf.compat.v1.Session(graph=eg.graph) as sess:
+        if explicit or app_flags.value("run_once"):
+            checkpoint = explicit or checkpoint_utils.latest_checkpoint(train_dir)
+            if checkpoint is None:
+                raise UsageError(f"no model.ckpt-* checkpoint in --train_dir={train_dir}")
+            evaluate_checkpoint(sess, eg, config, train_dir, checkpoint, writer)
+        else:
+            _wait_and_evaluate(sess, eg, config, train_dir, writer)
+    writer.close()
+
+
+def _wait_and_evaluate(sess, eg, config, train_dir: str, writer) -> None:
+    """Evaluates each new model.ckpt-N once, sleeping between looks."""
+    done: Set[str] = set()
+    while True:
+        pending = [path for _, path in checkpoint_utils.list_checkpoints(
+            os.path.join(train_dir, "model.ckpt")) if path not in done]
+        if not pending:
+            logging.info("No new checkpoint in %s; sleeping %d s.", train_dir,
+                         app_flags.value("eval_interval_secs"))
+            time.sleep(app_flags.value("eval_interval_secs"))
+            continue
+        checkpoint = pending[-1]
+        done.add(checkpoint)
+        try:
+            evaluate_checkpoint(sess, eg, config, train_dir, checkpoint, writer)
+        except tf.errors.NotFoundError as e:
+            logging.warning("Skipping %s, which disappeared: %s", checkpoint,
+                            cli.describe_op_error(e))
+
+
+def main() -> None:
+    evaluate()
+
+
+if __name__ == "__main__":
+    cli.run(main, app_flags.EVAL)

@@ -1,0 +1,409 @@
+"""Frame-level models: zero-padded frames [B, max_frames, 1152] -> class probabilities.
+
+NetVLADModelLF is the 2018 flagship (SPEC 4.1); the others are the classic
+model zoo (ZOO.md), built from the shared blocks of pooling.py and rnn_cells.py.
+Every ``create_model`` takes its hyperparameters as keyword arguments; None
+means the flag's value and an explicit argument (False and 0 included) wins.
+Keyword arguments a model does not know go on to the video-level classifier
+(``--video_level_classifier_model``), e.g. ``num_mixtures`` or ``prob_gating``
+for MoeModel.  The input is already L2-normalised per frame by the graph
+builder.  Variable names are the 2018 checkpoints' (relative to the caller's
+scope, ``tower/`` or ``tower/model{i}/``).
+"""
+import math
+from typing import Any, Dict, Tuple
+
+import tensorflow as tf
+from absl import logging
+
+import app_flags
+import layers_fp16
+import model_utils
+import pooling
+import rnn_cells
+import video_level_models
+from errors import UsageError
+
+# The 2018 models split each frame's features at a fixed column: rgb first,
+# then audio, as --feature_names=rgb,audio --feature_sizes=1024,128 lays them out.
+VIDEO_FEATURE_SIZE = 1024
+AUDIO_FEATURE_SIZE = 128
+FRAME_FEATURE_SIZE = VIDEO_FEATURE_SIZE + AUDIO_FEATURE_SIZE
+
+Outputs = Dict[str, tf.Tensor]
+_V1 = tf.compat.v1
+
+
+def _arg(value: Any, flag_name: str) -> Any:
+    """The explicit argument, or the flag's value when it is None."""
+    return app_flags.value(flag_name) if value is None else value
+
+
+def _member_arg(value: Any, flag_name: str) -> Any:
+    """:func:`_arg` for the repeated ensemble flags: member 0's value by default."""
+    return app_flags.value(flag_name)[0] if value is None else value
+
+
+def _check_frame_features(model_input: tf.Tensor, model_name: str) -> None:
+    size = model_input.shape[-1]
+    if size != FRAME_FEATURE_SIZE:
+        raise UsageError(
+            f"{model_name} splits each frame into {VIDEO_FEATURE_SIZE} rgb and "
+            f"{AUDIO_FEATURE_SIZE} audio features and needs {FRAME_FEATURE_SIZE} per frame "
+            f"(--feature_names=rgb,audio --feature_sizes=1024,128), got {size}")
+
+
+def _sampled_rows(model_input: tf.Tensor, num_frames: tf.Tensor, iterations: int,
+                  is_training: bool, random_frames: bool | None,
+                  random_at_eval: bool | None) -> tf.Tensor:
+    """``iterations`` frames per video (SPEC 4.1 step 1), as rows [B*T, F]."""
+    frames = model_utils.sample_frames(model_input, num_frames, iterations, is_training,
+                                       random_frames, random_at_eval)
+    return tf.reshape(frames, [-1, int(model_input.shape[-1])])
+
+
+def _input_bn(rows: tf.Tensor, add_batch_norm: bool, is_training: bool) -> tf.Tensor:
+    return layers_fp16.batch_norm(rows, is_training, "input_bn") if add_batch_norm else rows
+
+
+def _pool_streams(rows: tf.Tensor, video_block: pooling.PoolingBlock,
+                  audio_block: pooling.PoolingBlock, suffix: str) -> tf.Tensor:
+    """Pools rgb in scope ``video_<suffix>`` and audio in ``audio_<suffix>``; concatenated."""
+    video, audio = tf.split(rows, [VIDEO_FEATURE_SIZE, AUDIO_FEATURE_SIZE], axis=1)
+    with _V1.variable_scope("video_" + suffix):
+        video = video_block.forward(video)
+    with _V1.variable_scope("audio_" + suffix):
+        audio = audio_block.forward(audio)
+    return tf.concat([video, audio], 1)
+
+
+def _hidden_layer(inputs: tf.Tensor, size: int, stddev: float, is_training: bool,
+                  batch_norm: bool, relu: bool, weights_in_own_scope: bool = False,
+                  float16_flag: bool = False) -> tf.Tensor:
+    """inputs @ ``hidden1_weights`` (no bias), then ``hidden1_bn`` or
+    ``hidden1_biases`` (normal 0.01), then relu6 if ``relu``.
+
+    NetVLADModelLF nests the weights (``hidden1_weights/hidden1_weights``).
+    """
+    weights = pooling.normal_weight(
+        "hidden1_weights", [int(inputs.shape[-1]), size], stddev,
+        scope="hidden1_weights" if weights_in_own_scope else None, float16_flag=float16_flag)
+    activation = pooling.batch_norm_or_biases(tf.matmul(inputs, weights), batch_norm,
+                                              is_training, "hidden1_bn", "hidden1_biases", 0.01)
+    return tf.nn.relu6(activation) if relu else activation
+
+
+def _classify(activation: tf.Tensor, vocab_size: int, is_training: bool,
+              classifier: str | None, params: Dict[str, Any]) -> Outputs:
+    """The video-level classifier on the pooled [B, d] activation."""
+    name = _arg(classifier, "video_level_classifier_model")
+    model_cls = getattr(video_level_models, name, None)
+    if not (isinstance(model_cls, type) and hasattr(model_cls, "create_model")):
+        choices = sorted(n for n, c in vars(video_level_models).items()
+                         if isinstance(c, type) and hasattr(c, "create_model"))
+        raise UsageError(f"--video_level_classifier_model={name} is not a video-level model; "
+                         f"choices: {', '.join(choices)}")
+    return model_cls().create_model(model_input=activation, vocab_size=vocab_size,
+                                    is_training=is_training, **params)
+
+
+class FrameLevelLogisticModel:
+    """Logistic regression on the mean of each video's real frames (no sampling)."""
+
+    def create_model(self, model_input: tf.Tensor, vocab_size: int, num_frames: tf.Tensor,
+                     l2_penalty: float | None = None, **unused_params) -> Outputs:
+        """``fully_connected/{weights,biases}``; padded rows are zero, so a sum over all
+        rows divided by the frame count is the mean (a 0-frame video scores zeros)."""
+        counts = tf.maximum(tf.cast(tf.reshape(num_frames, [-1, 1]), tf.float32), 1.0)
+        mean = tf.reduce_sum(model_input, axis=1) / counts
+        return video_level_models.LogisticModel().create_model(mean, vocab_size,
+                                                               l2_penalty=l2_penalty)
+
+
+class DbofModel:
+    """The starter's Deep Bag of Frames: one projection of all 1152 features, relu6,
+    pooling over frames (``dbof_pooling_method``), hidden layer, classifier."""
+
+    def create_model(self, model_input: tf.Tensor, vocab_size: int, num_frames: tf.Tensor,
+                     is_training: bool = True, iterations: int | None = None,
+                     cluster_size: int | None = None, hidden_size: int | None = None,
+                     add_batch_norm: bool | None = None,
+                     sample_random_frames: bool | None = None,
+                     sample_random_frames_at_eval: bool | None = None,
+                     dbof_pooling_method: str | None = None,
+                     video_level_classifier_model: str | None = None,
+                     **params) -> Outputs:
+        """Defaults: iterations, dbof_cluster_size, dbof_hidden_size,
+        dbof_add_batch_norm, dbof_pooling_method."""
+        iterations = _arg(iterations, "iterations")
+        cluster_size = _arg(cluster_size, "dbof_cluster_size")
+        add_batch_norm = _arg(add_batch_norm, "dbof_add_batch_norm")
+        method = _arg(dbof_pooling_method, "dbof_pooling_method")
+        if method not in ("max", "average"):
+            raise UsageError(f"--dbof_pooling_method={method} must be max or average")
+        rows = _input_bn(_sampled_rows(model_input, num_frames, iterations, is_training,
+                                       sample_random_frames, sample_random_frames_at_eval),
+                         add_batch_norm, is_training)
+        feature_size = int(rows.shape[-1])
+        weights = pooling.normal_weight("cluster_weights", [feature_size, cluster_size],
+                                        1 / math.sqrt(feature_size))
+        activation = tf.nn.relu6(pooling.cluster_logits(rows, weights, add_batch_norm,
+                                                        is_training))
+        pooled = model_utils.FramePooling(
+            tf.reshape(activation, [-1, iterations, cluster_size]), method)
+        hidden = _hidden_layer(pooled, _arg(hidden_size, "dbof_hidden_size"),
+                               1 / math.sqrt(cluster_size), is_training,
+                               batch_norm=add_batch_norm, relu=True)
+        return _classify(hidden, vocab_size, is_training, video_level_classifier_model, params)
+
+
+class BaseDbofModelLF:
+    """Shared body of the WILLOW DBoF models: sampled frames, ``input_bn``, a
+    ``video_DBOF`` and an ``audio_DBOF`` block (K and K//8 clusters), the
+    hidden layer (``fc_dimred``) and the classifier.  Subclasses pick the blocks.
+    """
+
+    # DbofModelLF always has the hidden layer; the others follow --fc_dimred.
+    optional_hidden_layer = True
+
+    def _blocks(self, frames: int, cluster_size: int, add_batch_norm: bool, is_training: bool,
+                activation: str, max_pool: bool
+                ) -> Tuple[pooling.PoolingBlock, pooling.PoolingBlock, int]:
+        """(video block, audio block, K setting the hidden weights' stddev 1/sqrt(K))."""
+        raise NotImplementedError
+
+    def create_model(self, model_input: tf.Tensor, vocab_size: int, num_frames: tf.Tensor,
+                     is_training: bool = True, iterations: int | None = None,
+                     cluster_size: int | None = None, hidden_size: int | None = None,
+                     add_batch_norm: bool | None = None,
+                     sample_random_frames: bool | None = None,
+                     sample_random_frames_at_eval: bool | None = None,
+                     dbof_relu: bool | None = None, dbof_activation: str | None = None,
+                     softdbof_maxpool: bool | None = None, fc_dimred: bool | None = None,
+                     video_level_classifier_model: str | None = None,
+                     **params) -> Outputs:
+        """Defaults: iterations, dbof_cluster_size, dbof_hidden_size,
+        dbof_add_batch_norm, dbof_relu, dbof_activation (DbofModelLF),
+        softdbof_maxpool and fc_dimred (the others)."""
+        _check_frame_features(model_input, type(self).__name__)
+        iterations = _arg(iterations, "iterations")
+        add_batch_norm = _arg(add_batch_norm, "dbof_add_batch_norm")
+        relu = _arg(dbof_relu, "dbof_relu")
+        video_block, audio_block, clusters = self._blocks(
+            iterations, _arg(cluster_size, "dbof_cluster_size"), add_batch_norm, is_training,
+            _arg(dbof_activation, "dbof_activation"), _arg(softdbof_maxpool, "softdbof_maxpool"))
+        rows = _input_bn(_sampled_rows(model_input, num_frames, iterations, is_training,
+                                       sample_random_frames, sample_random_frames_at_eval),
+                         add_batch_norm, is_training)
+        activation = _pool_streams(rows, video_block, audio_block, "DBOF")
+        if not self.optional_hidden_layer or _arg(fc_dimred, "fc_dimred"):
+            activation = _hidden_layer(activation, _arg(hidden_size, "dbof_hidden_size"),
+                                       1 / math.sqrt(clusters), is_training,
+                                       batch_norm=add_batch_norm and relu, relu=relu)
+        return _classify(activation, vocab_size, is_training, video_level_classifier_model,
+                         params)
+
+
+class DbofModelLF(BaseDbofModelLF):
+    """DBoF blocks with ``dbof_activation`` applied (relu6, or glu on 2K units)."""
+
+    optional_hidden_layer = False
+
+    def _blocks(self, frames, cluster_size, add_batch_norm, is_training, activation, max_pool):
+        if activation not in pooling.DBoF.ACTIVATIONS:
+            raise UsageError(f"--dbof_activation={activation} must be relu or glu")
+        if activation == "glu":
+            cluster_size *= 2
+            if (cluster_size // 8) % 2:
+                raise UsageError(f"--dbof_activation=glu needs an even audio cluster count "
+                                 f"2 * dbof_cluster_size // 8, got {cluster_size // 8}")
+
+        def block(feature_size, clusters):
+            return pooling.DBoF(feature_size, frames, clusters, activation, add_batch_norm,
+                                is_training)
+        return (block(VIDEO_FEATURE_SIZE, cluster_size),
+                block(AUDIO_FEATURE_SIZE, cluster_size // 8), cluster_size)
+
+
+class GatedDbofModelLF(BaseDbofModelLF):
+    """GatedDBoF on rgb, SoftDBoF on audio."""
+
+    def _blocks(self, frames, cluster_size, add_batch_norm, is_training, activation, max_pool):
+        return (pooling.GatedDBoF(VIDEO_FEATURE_SIZE, frames, cluster_size, add_batch_norm,
+                                  is_training),
+                pooling.SoftDBoF(AUDIO_FEATURE_SIZE, frames, cluster_size // 8, max_pool,
+                                 add_batch_norm, is_training),
+                cluster_size)
+
+
+class SoftDbofModelLF(BaseDbofModelLF):
+    """SoftDBoF on rgb and audio."""
+
+    def _blocks(self, frames, cluster_size, add_batch_norm, is_training, activation, max_pool):
+        def block(feature_size, clusters):
+            return pooling.SoftDBoF(feature_size, frames, clusters, max_pool, add_batch_norm,
+                                    is_training)
+        return (block(VIDEO_FEATURE_SIZE, cluster_size),
+                block(AUDIO_FEATURE_SIZE, cluster_size // 8), cluster_size)
+
+
+class NetVLADModelLF:
+    """The 2018 flagship (SPEC 4.1): NetVLAD (or LightVLAD / NetVLAGD) on rgb and
+    audio, hidden1 + BN + relu6, linear hidden2, optional context gating, classifier.
+    """
+
+    def create_model(self, model_input: tf.Tensor, vocab_size: int, num_frames: tf.Tensor,
+                     is_training: bool = True, iterations: int | None = None,
+                     cluster_size: int | None = None, hidden_size: int | None = None,
+                     add_batch_norm: bool | None = None,
+                     sample_random_frames: bool | None = None,
+                     sample_random_frames_at_eval: bool | None = None,
+                     gating: bool | None = None, lightvlad: bool | None = None,
+                     vlagd: bool | None = None, float16_flag: bool | None = None,
+                     netvlad_relu: bool | None = None,
+                     video_level_classifier_model: str | None = None,
+                     **params) -> Outputs:
+        """Defaults: iterations, netvlad_cluster_size[0], netvlad_hidden_size[0],
+        netvlad_add_batch_norm, gating, lightvlad, vlagd, float16_flag (also
+        handed to the classifier).  ``netvlad_relu`` has no effect, as in 2018.
+        """
+        _check_frame_features(model_input, "NetVLADModelLF")
+        if not _arg(netvlad_relu, "netvlad_relu"):
+            logging.log_first_n(logging.INFO, "--netvlad_relu=False has no effect on "
+                                "NetVLADModelLF: its hidden layer always ends in relu6, "
+                                "as in the 2018 model", 1)
+        iterations = _arg(iterations, "iterations")
+        cluster_size = _member_arg(cluster_size, "netvlad_cluster_size")
+        hidden_size = _member_arg(hidden_size, "netvlad_hidden_size")
+        add_batch_norm = _arg(add_batch_norm, "netvlad_add_batch_norm")
+        float16_flag = _arg(float16_flag, "float16_flag")
+        if _arg(lightvlad, "lightvlad"):
+            block_cls = pooling.LightVLAD
+        elif _arg(vlagd, "vlagd"):
+            block_cls = pooling.NetVLAGD
+        else:
+            block_cls = pooling.NetVLAD
+
+        rows = _sampled_rows(model_input, num_frames, iterations, is_training,
+                             sample_random_frames, sample_random_frames_at_eval)
+        vlad = _pool_streams(
+            rows,
+            block_cls(VIDEO_FEATURE_SIZE, iterations, cluster_size, add_batch_norm, is_training),
+            block_cls(AUDIO_FEATURE_SIZE, iterations, cluster_size // 2, add_batch_norm,
+                      is_training),
+            "VLAD")
+        activation = _hidden_layer(vlad, hidden_size, 1 / math.sqrt(int(vlad.shape[-1])),
+                                   is_training, batch_norm=True, relu=True,
+                                   weights_in_own_scope=True, float16_flag=float16_flag)
+        hidden2_weights = pooling.normal_weight("hidden2_weights", [hidden_size, 2 * hidden_size],
+                                                1 / math.sqrt(hidden_size),
+                                                scope="hidden2_weights")
+        hidden2_biases = pooling.normal_weight("hidden2_biases", [2 * hidden_size], 0.01)
+        activation = tf.matmul(activation, hidden2_weights) + hidden2_biases
+        if _arg(gating, "gating"):
+            activation = layers_fp16.context_gating(activation, is_training, add_batch_norm)
+        return _classify(activation, vocab_size, is_training, video_level_classifier_model,
+                         dict(params, float16_flag=float16_flag))
+
+
+class NetFVModelLF:
+    """NetFV on rgb and audio, hidden layer, optional context gating
+    (``gating_weights_2``), classifier."""
+
+    def create_model(self, model_input: tf.Tensor, vocab_size: int, num_frames: tf.Tensor,
+                     is_training: bool = True, iterations: int | None = None,
+                     cluster_size: int | None = None, hidden_size: int | None = None,
+                     add_batch_norm: bool | None = None,
+                     sample_random_frames: bool | None = None,
+                     sample_random_frames_at_eval: bool | None = None,
+                     fv_relu: bool | None = None, fv_couple_weights: bool | None = None,
+                     fv_coupling_factor: float | None = None, gating: bool | None = None,
+                     video_level_classifier_model: str | None = None,
+                     **params) -> Outputs:
+        """Defaults: iterations, fv_cluster_size, fv_hidden_size,
+        netvlad_add_batch_norm, fv_relu, fv_couple_weights, fv_coupling_factor, gating."""
+        _check_frame_features(model_input, "NetFVModelLF")
+        iterations = _arg(iterations, "iterations")
+        cluster_size = _arg(cluster_size, "fv_cluster_size")
+        add_batch_norm = _arg(add_batch_norm, "netvlad_add_batch_norm")
+        relu = _arg(fv_relu, "fv_relu")
+        couple_weights = _arg(fv_couple_weights, "fv_couple_weights")
+        coupling_factor = _arg(fv_coupling_factor, "fv_coupling_factor")
+
+        def block(feature_size, clusters):
+            return pooling.NetFV(feature_size, iterations, clusters, add_batch_norm,
+                                 is_training, couple_weights, coupling_factor)
+
+        rows = _input_bn(_sampled_rows(model_input, num_frames, iterations, is_training,
+                                       sample_random_frames, sample_random_frames_at_eval),
+                         add_batch_norm, is_training)
+        fv = _pool_streams(rows, block(VIDEO_FEATURE_SIZE, cluster_size),
+                           block(AUDIO_FEATURE_SIZE, cluster_size // 2), "FV")
+        activation = _hidden_layer(fv, _arg(hidden_size, "fv_hidden_size"),
+                                   1 / math.sqrt(cluster_size), is_training,
+                                   batch_norm=add_batch_norm and relu, relu=relu)
+        if _arg(gating, "gating"):
+            activation = layers_fp16.context_gating(
+                activation, is_training, add_batch_norm, weights_name="gating_weights_2",
+                weights_in_own_scope=False)
+        return _classify(activation, vocab_size, is_training, video_level_classifier_model,
+                         params)
+
+
+class BaseRecurrentModel:
+    """Shared body of LstmModel and GruModel: a stack of cells in scope ``RNN`` over
+    the frames (or over ``iterations`` sampled frames), classifier on the final
+    concatenated state of all layers."""
+
+    flag_prefix = ""  # "lstm" or "gru": the flags <prefix>_cells, _layers, ...
+
+    def _cell(self, num_units: int):
+        raise NotImplementedError
+
+    def create_model(self, model_input: tf.Tensor, vocab_size: int, num_frames: tf.Tensor,
+                     is_training: bool = True, num_units: int | None = None,
+                     num_layers: int | None = None, random_sequence: bool | None = None,
+                     backward: bool | None = None, iterations: int | None = None,
+                     video_level_classifier_model: str | None = None,
+                     **params) -> Outputs:
+        """Defaults: <prefix>_cells, <prefix>_layers, <prefix>_random_sequence,
+        <prefix>_backward, iterations.
+
+        ``random_sequence`` samples ``iterations`` frames (random with replacement
+        in training despite the name, evenly spaced in eval) and runs over all of
+        them; ``backward`` reverses each video's real frames.
+        """
+        prefix = self.flag_prefix
+        lengths = tf.cast(tf.reshape(num_frames, [-1]), tf.int32)
+        if _arg(random_sequence, prefix + "_random_sequence"):
+            iterations = _arg(iterations, "iterations")
+            model_input = model_utils.sample_frames(model_input, num_frames, iterations,
+                                                    is_training, random_frames=True)
+            lengths = tf.fill(tf.shape(lengths), iterations)
+        else:
+            lengths = tf.minimum(lengths, tf.shape(model_input)[1])
+        if _arg(backward, prefix + "_backward"):
+            model_input = tf.reverse_sequence(model_input, lengths, seq_axis=1, batch_axis=0)
+        num_units = _arg(num_units, prefix + "_cells")
+        cells = [self._cell(num_units) for _ in range(_arg(num_layers, prefix + "_layers"))]
+        with _V1.variable_scope("RNN"):
+            _, state = rnn_cells.dynamic_rnn(cells, model_input, lengths)
+        return _classify(state, vocab_size, is_training, video_level_classifier_model, params)
+
+
+class LstmModel(BaseRecurrentModel):
+    """Stacked BasicLSTMCells (forget bias 1.0); classifier input [c_0, h_0, c_1, h_1, ...]."""
+
+    flag_prefix = "lstm"
+
+    def _cell(self, num_units):
+        return rnn_cells.BasicLSTMCell(num_units, forget_bias=1.0)
+
+
+class GruModel(BaseRecurrentModel):
+    """Stacked GRUCells; classifier input [h_0, h_1, ...]."""
+
+    flag_prefix = "gru"
+
+    def _cell(self, num_units):
+        return rnn_cells.GRUCell(num_units)

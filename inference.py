@@ -1,0 +1,153 @@
+"""Writes a Kaggle submission CSV from an inference model and TFRecords.
+
+    python inference.py --train_dir=RUN --input_data_pattern=DATA/frame/test*.tfrecord \\
+        --output_file=RUN/predictions.csv [--output_model_tgz=RUN/model.tgz]
+    python inference.py --input_model_tgz=model.tgz --input_data_pattern=... --output_file=...
+
+The model is RUN/<--inference_model_file>.meta (written by eval.py) restored
+from the same name; the records are fed straight into its ``input_batch_raw``
+and ``num_frames`` tensors, and only each video's top-k leaves the graph.
+"""
+import io
+import os
+import tarfile
+import time
+import uuid
+
+import tensorflow as tf
+from absl import logging
+from tensorflow.core.protobuf import meta_graph_pb2
+
+import app_flags
+import cli
+import export
+import model_config
+import model_graph
+import readers
+from errors import UsageError
+
+CSV_HEADER = "VideoId,LabelConfidencePairs\n"
+
+
+def unpack_model_tgz(tgz_path: str, target_dir: str) -> None:
+    """Extracts the flat tgz of --output_model_tgz into target_dir through gfile."""
+    if not tf.io.gfile.exists(tgz_path):
+        raise UsageError(f"--input_model_tgz={tgz_path} not found")
+    try:
+        data = tf.io.gfile.GFile(tgz_path, "rb").read()
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            tf.io.gfile.makedirs(target_dir)
+            for member in tar.getmembers():
+                if not member.isfile():
+                    continue
+                name = os.path.basename(member.name)
+                with tf.io.gfile.GFile(os.path.join(target_dir, name), "wb") as out:
+                    out.write(tar.extractfile(member).read())
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise UsageError(f"--input_model_tgz={tgz_path} is not a readable .tgz: {e}") from None
+
+
+def locate_model() -> tuple:
+    """(model_dir, checkpoint name) from --train_dir or --input_model_tgz."""
+    train_dir = app_flags.value("train_dir")
+    tgz = app_flags.value("input_model_tgz")
+    name = app_flags.value("inference_model_file")
+    if tgz and train_dir:
+        raise UsageError("give either --train_dir or --input_model_tgz, not both")
+    if not (tgz or train_dir):
+        raise UsageError("give --train_dir or --input_model_tgz")
+    model_dir = train_dir
+    if tgz:
+        model_dir = app_flags.value("untar_model_dir")
+        unpack_model_tgz(tgz, model_dir)
+        metas = tf.io.gfile.glob(os.path.join(model_dir, "*.meta"))
+        if not tf.io.gfile.exists(os.path.join(model_dir, name + ".meta")) and len(metas) == 1:
+            name = os.path.basename(metas[0])[:-len(".meta")]
+    meta = os.path.join(model_dir, name + ".meta")
+    if not tf.io.gfile.exists(meta) or not tf.io.gfile.exists(
+            os.path.join(model_dir, name + ".index")):
+        source = f"--input_model_tgz={tgz}" if tgz else f"--train_dir={train_dir}"
+        raise UsageError(f"{source} holds no model files {name}.meta/.index "
+                         "(run eval.py first, or set --inference_model_file)")
+    return model_dir, name
+
+
+def _collection_tensor_name(meta: meta_graph_pb2.MetaGraphDef, key: str) -> str:
+    values = meta.collection_def[key].node_list.value
+    if not values:
+        raise UsageError(f"the meta graph has no '{key}' collection: not an inference model")
+    return values[0]
+
+
+def format_line(video_id: bytes, classes, scores) -> str:
+    pairs = " ".join(f"{int(c)} {float(s):g}" for c, s in zip(classes, scores, strict=True))
+    return f"{video_id.decode('utf-8')},{pairs}\n"
+
+
+def run_inference() -> None:
+    output_file = app_flags.value("output_file")
+    if not output_file:
+        raise UsageError("--output_file is required")
+    if not app_flags.value("input_data_pattern"):
+        raise UsageError("--input_data_pattern is required")
+    model_dir, name = locate_model()
+    config = model_config.for_evaluation(model_dir)
+    files = readers.resolve_data_files(app_flags.value("input_data_pattern"),
+                                       flag_name="input_data_pattern")
+    meta = meta_graph_pb2.MetaGraphDef.FromString(
+        tf.io.gfile.GFile(os.path.join(model_dir, name + ".meta"), "rb").read())
+    graph = tf.Graph()
+    with graph.as_default():
+        reader = readers.get_reader(config.frame_features, config.feature_names,
+                                    config.feature_sizes, config.num_classes,
+                                    app_flags.value("max_frames"))
+        dataset = readers.build_dataset(
+            reader, files, app_flags.value("batch_size"), shuffle=False, num_epochs=1,
+            num_readers=app_flags.value("num_readers"),
+            skip_corrupt_records=app_flags.value("skip_corrupt_records"))
+        batch = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+        input_map = {
+            _collection_tensor_name(meta, model_graph.INPUT_COLLECTION): batch["video_matrix"],
+            _collection_tensor_name(meta, model_graph.NUM_FRAMES_COLLECTION): batch["num_frames"],
+        }
+        saver = tf.compat.v1.train.import_meta_graph(meta, input_map=input_map,
+                                                     clear_devices=True)
+        predictions = tf.compat.v1.get_collection(model_graph.PREDICTIONS_COLLECTION)[0]
+        top_k = min(app_flags.value("top_k"), config.num_classes)
+        top_scores, top_classes = tf.nn.top_k(predictions, k=top_k)
+    graph.finalize()
+    tmp = f"{output_file}.tmp-{uuid.uuid4().hex}"
+    start, count = time.time(), 0
+    try:
+        with tf.compat.v1.Session(graph=graph) as sess, tf.io.gfile.GFile(tmp, "w") as out:
+            saver.restore(sess, os.path.join(model_dir, name))
+            out.write(CSV_HEADER)
+            while True:
+                try:
+                    ids, scores, classes = sess.run(
+                        [batch["video_ids"], top_scores, top_classes])
+                except tf.errors.OutOfRangeError:
+                    break
+                out.write("".join(format_line(v, c, s)
+                                  for v, c, s in zip(ids, classes, scores, strict=True)))
+                count += len(ids)
+                logging.log_every_n_seconds(
+                    logging.INFO, "%d videos, %.1f videos/sec", 10, count,
+                    count / max(time.time() - start, 1e-9))
+        tf.io.gfile.rename(tmp, output_file, overwrite=True)
+    finally:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
+    logging.info("Wrote %d videos to %s (%.1f videos/sec).", count, output_file,
+                 count / max(time.time() - start, 1e-9))
+    if app_flags.value("output_model_tgz"):
+        export.write_model_tgz(model_dir, name, app_flags.value("output_model_tgz"))
+        logging.info("Wrote the model to %s", app_flags.value("output_model_tgz"))
+
+
+def main() -> None:
+    run_inference()
+
+
+if __name__ == "__main__":
+    cli.run(main, app_flags.INFERENCE)

@@ -1,0 +1,60 @@
+"""Label losses selected by ``--label_loss``: each maps a batch to a scalar mean loss.
+
+Every loss sums over classes and averages over the batch, in float32; labels
+may be bool or 0/1 numbers.
+"""
+import tensorflow as tf
+
+
+def _float32(predictions, labels) -> tuple[tf.Tensor, tf.Tensor]:
+    return tf.cast(predictions, tf.float32), tf.cast(labels, tf.float32)
+
+
+class BaseLoss:
+    """Base class of the losses; subclasses are found by class name."""
+
+    def calculate_loss(self, predictions: tf.Tensor, labels: tf.Tensor,
+                       **unused_params) -> tf.Tensor:
+        """Scalar mean loss of predictions [B, C] against labels [B, C]."""
+        raise NotImplementedError()
+
+
+class CrossEntropyLoss(BaseLoss):
+    """Binary cross entropy of probabilities: -[y log(p+e) + (1-y) log(1-p+e)], e = 1e-5."""
+
+    def calculate_loss(self, predictions: tf.Tensor, labels: tf.Tensor,
+                       **unused_params) -> tf.Tensor:
+        with tf.name_scope("loss_xent"):
+            epsilon = 1e-5
+            p, y = _float32(predictions, labels)
+            per_class = y * tf.math.log(p + epsilon) + (1 - y) * tf.math.log(1 - p + epsilon)
+            return tf.reduce_mean(-tf.reduce_sum(per_class, axis=1))
+
+
+class HingeLoss(BaseLoss):
+    """max(0, b - y' * p) with y' = 2y - 1 in {-1, +1}; trains predictions towards +-1."""
+
+    def calculate_loss(self, predictions: tf.Tensor, labels: tf.Tensor, b: float = 1.0,
+                       **unused_params) -> tf.Tensor:
+        with tf.name_scope("loss_hinge"):
+            p, y = _float32(predictions, labels)
+            per_class = tf.maximum(0.0, b - (2 * y - 1) * p)
+            return tf.reduce_mean(tf.reduce_sum(per_class, axis=1))
+
+
+class SoftmaxLoss(BaseLoss):
+    """Cross entropy of softmax(predictions) against the L1-normalised labels.
+
+    Predictions are used as logits, as in the starter code, which allows several
+    positive labels per video.  Videos without labels contribute 0.  The log of
+    the softmax is taken as ``log_softmax`` so that a vanishing probability cannot
+    turn the loss into NaN.
+    """
+
+    def calculate_loss(self, predictions: tf.Tensor, labels: tf.Tensor,
+                       **unused_params) -> tf.Tensor:
+        with tf.name_scope("loss_softmax"):
+            p, y = _float32(predictions, labels)
+            label_sums = tf.maximum(tf.reduce_sum(y, axis=1, keepdims=True), 1e-7)
+            per_class = (y / label_sums) * tf.nn.log_softmax(p, axis=1)
+            return tf.reduce_mean(-tf.reduce_sum(per_class, axis=1))

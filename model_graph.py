@@ -1,0 +1,145 @@
+"""The one place that turns flags into a model graph.
+
+train.py, eval.py and the inference export all call :func:`build_predictions`,
+so a single model lives under ``tower/`` and ensemble member i under
+``tower/model{i}/`` everywhere, and checkpoints move freely between them.
+"""
+import contextlib
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+import tensorflow as tf
+
+import app_flags
+import frame_level_models
+import losses
+import video_level_models
+from errors import UsageError
+from model_config import ModelConfig
+
+TOWER_SCOPE = "tower"
+INPUT_COLLECTION = "input_batch_raw"
+NUM_FRAMES_COLLECTION = "num_frames"
+PREDICTIONS_COLLECTION = "predictions"
+
+
+def find_model_class(name: str):
+    """The model class named by --model: frame-level models first."""
+    for module in (frame_level_models, video_level_models):
+        cls = getattr(module, name, None)
+        if isinstance(cls, type) and hasattr(cls, "create_model") and not name.startswith("Base"):
+            return cls
+    choices = sorted(
+        n for module in (frame_level_models, video_level_models)
+        for n, c in vars(module).items()
+        if isinstance(c, type) and hasattr(c, "create_model") and not n.startswith("Base"))
+    raise UsageError(f"--model={name} is not a model; choices: {', '.join(choices)}")
+
+
+def find_loss(name: str) -> losses.BaseLoss:
+    """The loss class named by --label_loss."""
+    cls = getattr(losses, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, losses.BaseLoss)):
+        choices = sorted(n for n, c in vars(losses).items()
+                         if isinstance(c, type) and issubclass(c, losses.BaseLoss)
+                         and c is not losses.BaseLoss)
+        raise UsageError(f"--label_loss={name} is not a loss; choices: {', '.join(choices)}")
+    return cls()
+
+
+@dataclass
+class ModelOutputs:
+    predictions: tf.Tensor
+    regularization_loss: tf.Tensor
+    update_ops: List[tf.Operation]
+
+
+def member_scope(index: int) -> str:
+    """Variable scope of ensemble member ``index`` inside the tower scope."""
+    return "" if index == 0 else f"model{index}"
+
+
+def _collection_added(key: str, before: int) -> list:
+    return tf.compat.v1.get_collection(key)[before:]
+
+
+def build_predictions(model_input_raw: tf.Tensor, num_frames: tf.Tensor, config: ModelConfig,
+                      is_training: bool, reuse: bool = False) -> ModelOutputs:
+    """Builds the single model or the ensemble on un-normalised input.
+
+    Returns the (mixed) predictions, this call's regularisation loss (float32)
+    and this call's batch-norm update ops, so that towers sharing variables
+    do not count them twice.
+    """
+    members = app_flags.ensemble_members()
+    model_cls = find_model_class(config.model)
+    feature_axis = len(model_input_raw.shape) - 1
+    model_input = tf.nn.l2_normalize(model_input_raw, feature_axis)
+    reg_before = len(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.REGULARIZATION_LOSSES))
+    upd_before = len(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS))
+    mixed = None
+    with tf.compat.v1.variable_scope(TOWER_SCOPE, reuse=reuse):
+        for index, (cluster_size, hidden_size, weight) in enumerate(members):
+            params: Dict[str, object] = {}
+            if len(members) > 1:
+                params = {"cluster_size": cluster_size, "hidden_size": hidden_size}
+            scope = member_scope(index)
+            with tf.compat.v1.variable_scope(scope) if scope else contextlib.nullcontext():
+                result = model_cls().create_model(
+                    model_input=model_input, vocab_size=config.num_classes,
+                    num_frames=num_frames, is_training=is_training, **params)
+            predictions = result["predictions"]
+            if len(members) > 1:
+                predictions = predictions * weight
+            mixed = predictions if mixed is None else mixed + predictions
+    reg_losses = [tf.cast(r, tf.float32) for r in _collection_added(
+        tf.compat.v1.GraphKeys.REGULARIZATION_LOSSES, reg_before)]
+    if "regularization_loss" in result:
+        reg_losses.append(tf.cast(result["regularization_loss"], tf.float32))
+    reg = tf.add_n(reg_losses) if reg_losses else tf.constant(0.0)
+    return ModelOutputs(
+        predictions=mixed,
+        regularization_loss=reg,
+        update_ops=_collection_added(tf.compat.v1.GraphKeys.UPDATE_OPS, upd_before))
+
+
+def input_shape(config: ModelConfig) -> Tuple:
+    """Static shape of one raw input batch (batch dimension unknown)."""
+    width = sum(config.feature_sizes)
+    if config.frame_features:
+        return (None, app_flags.value("max_frames"), width)
+    return (None, width)
+
+
+def create_global_step() -> tf.Variable:
+    """An int32 ``global_step``, as in every 2018 checkpoint."""
+    return tf.compat.v1.get_variable(
+        "global_step", shape=[], dtype=tf.int32,
+        initializer=tf.compat.v1.zeros_initializer(), trainable=False,
+        collections=[tf.compat.v1.GraphKeys.GLOBAL_VARIABLES,
+                     tf.compat.v1.GraphKeys.GLOBAL_STEP])
+
+
+def model_variables() -> List[tf.Variable]:
+    """Variables that belong in an inference checkpoint: model + global_step."""
+    return [v for v in tf.compat.v1.global_variables()
+            if v.op.name.startswith(TOWER_SCOPE + "/") or v.op.name == "global_step"]
+
+
+def build_inference_graph(config: ModelConfig) -> tf.Graph:
+    """A graph fed through placeholders, for the meta graph inference.py loads.
+
+    The collections ``input_batch_raw``, ``num_frames`` and ``predictions``
+    are the 2018 contract; no input pipeline is baked in.
+    """
+    graph = tf.Graph()
+    with graph.as_default():
+        create_global_step()
+        raw = tf.compat.v1.placeholder(tf.float32, input_shape(config), name="input_batch_raw")
+        num_frames = tf.compat.v1.placeholder(tf.int32, [None], name="num_frames")
+        outputs = build_predictions(raw, num_frames, config, is_training=False)
+        predictions = tf.identity(outputs.predictions, name="predictions")
+        tf.compat.v1.add_to_collection(INPUT_COLLECTION, raw)
+        tf.compat.v1.add_to_collection(NUM_FRAMES_COLLECTION, num_frames)
+        tf.compat.v1.add_to_collection(PREDICTIONS_COLLECTION, predictions)
+    return graph

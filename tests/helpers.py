@@ -1,0 +1,69 @@
+"""Shared test helpers: run a script of the repo, write small TFRecord files."""
+import os
+import subprocess
+import sys
+from typing import Dict, Iterable, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What the `sample_data` fixture (conftest.py) writes.
+SAMPLE_DATA_SETTINGS = dict(num_classes=20, videos_per_shard=24, num_train_shards=2,
+                            num_validate_shards=1, num_test_shards=1, min_video_frames=10,
+                            max_video_frames=40, seed=1)
+
+
+def run_script(script: str, *args: str, cwd: str | None = None, timeout: float = 600,
+               env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Runs `python <repo>/<script>.py args...` (from the repo root unless `cwd`).
+
+    `env` entries are added to the current environment.  The result carries
+    text stdout and stderr; the return code is not checked.
+    """
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, script + ".py"), *args],
+        cwd=cwd or REPO, timeout=timeout, capture_output=True, text=True,
+        env=None if env is None else {**os.environ, **env})
+
+
+def _context(video: Mapping, id_key: str) -> Dict[str, tf.train.Feature]:
+    features = {id_key: tf.train.Feature(bytes_list=tf.train.BytesList(
+        value=[video["id"].encode()]))}
+    if video.get("labels") is not None:
+        features["labels"] = tf.train.Feature(int64_list=tf.train.Int64List(
+            value=list(video["labels"])))
+    return features
+
+
+def _features(video: Mapping) -> Iterable:
+    return ((name, value) for name, value in video.items() if name not in ("id", "labels"))
+
+
+def write_sequence_examples(path: str, videos: Iterable[Mapping], id_key: str = "id") -> None:
+    """Frame-level records.  Each video: "id" (str), "labels" (ids; None leaves the key out)
+    and feature name -> uint8 array [frames, size] or a list of per-frame byte strings."""
+    with tf.io.TFRecordWriter(path) as writer:
+        for video in videos:
+            example = tf.train.SequenceExample(
+                context=tf.train.Features(feature=_context(video, id_key)))
+            for name, frames in _features(video):
+                feature_list = example.feature_lists.feature_list[name]
+                for frame in frames:
+                    value = frame if isinstance(frame, bytes) else np.asarray(
+                        frame, np.uint8).tobytes()
+                    feature_list.feature.add().bytes_list.value.append(value)
+            writer.write(example.SerializeToString())
+
+
+def write_examples(path: str, videos: Iterable[Mapping], id_key: str = "id") -> None:
+    """Video-level records.  Each video: "id", "labels" (None leaves the key out) and
+    feature name -> float values."""
+    with tf.io.TFRecordWriter(path) as writer:
+        for video in videos:
+            features = _context(video, id_key)
+            for name, values in _features(video):
+                features[name] = tf.train.Feature(float_list=tf.train.FloatList(
+                    value=np.asarray(values, np.float32).ravel()))
+            writer.write(tf.train.Example(
+                features=tf.train.Features(feature=features)).SerializeToString())
