@@ -61,8 +61,8 @@ def build_eval_graph(config: model_config.ModelConfig, files) -> EvalGraph:
         outputs = model_graph.build_predictions(batch["video_matrix"], batch["num_frames"],
                                                 config, is_training=False)
         labels = tf.cast(batch["labels"], tf.float32)
-        loss = model_graph.find_loss(config.label_loss).calculate_loss(
-            outputs.predictions, labels)
+        loss = model_graph.label_loss(model_graph.find_loss(config.label_loss),
+                                      outputs.predictions, labels)
         saver = tf.compat.v1.train.Saver(model_graph.model_variables())
     return EvalGraph(graph, global_step, saver, iterator.initializer, outputs.predictions,
                      batch["labels"], loss)

@@ -5,7 +5,7 @@ so a single model lives under ``tower/`` and ensemble member i under
 ``tower/model{i}/`` everywhere, and checkpoints move freely between them.
 """
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 import tensorflow as tf
@@ -47,11 +47,25 @@ def find_loss(name: str) -> losses.BaseLoss:
     return cls()
 
 
+def label_loss(loss: losses.BaseLoss, predictions: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """The label loss of (possibly mixed) predictions.
+
+    Ensemble weights need not sum to 1 (the 2018 workflow trains its ensemble
+    graph with the default weight 1.0 per model), so mixed predictions may
+    exceed 1; they are clipped to [0, 1] here, where a single model's sigmoid
+    outputs are unchanged.
+    """
+    return loss.calculate_loss(tf.clip_by_value(predictions, 0.0, 1.0), labels)
+
+
 @dataclass
 class ModelOutputs:
     predictions: tf.Tensor
     regularization_loss: tf.Tensor
     update_ops: List[tf.Operation]
+    # Each ensemble member's own predictions, before the mixing weights
+    # (search_ensemble_weights.py mixes them itself).
+    member_predictions: List[tf.Tensor] = field(default_factory=list)
 
 
 def member_scope(index: int) -> str:
@@ -77,7 +91,7 @@ def build_predictions(model_input_raw: tf.Tensor, num_frames: tf.Tensor, config:
     model_input = tf.nn.l2_normalize(model_input_raw, feature_axis)
     reg_before = len(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.REGULARIZATION_LOSSES))
     upd_before = len(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS))
-    mixed = None
+    mixed, member_predictions = None, []
     with tf.compat.v1.variable_scope(TOWER_SCOPE, reuse=reuse):
         for index, (cluster_size, hidden_size, weight) in enumerate(members):
             params: Dict[str, object] = {}
@@ -89,6 +103,7 @@ def build_predictions(model_input_raw: tf.Tensor, num_frames: tf.Tensor, config:
                     model_input=model_input, vocab_size=config.num_classes,
                     num_frames=num_frames, is_training=is_training, **params)
             predictions = result["predictions"]
+            member_predictions.append(predictions)
             if len(members) > 1:
                 predictions = predictions * weight
             mixed = predictions if mixed is None else mixed + predictions
@@ -100,7 +115,8 @@ def build_predictions(model_input_raw: tf.Tensor, num_frames: tf.Tensor, config:
     return ModelOutputs(
         predictions=mixed,
         regularization_loss=reg,
-        update_ops=_collection_added(tf.compat.v1.GraphKeys.UPDATE_OPS, upd_before))
+        update_ops=_collection_added(tf.compat.v1.GraphKeys.UPDATE_OPS, upd_before),
+        member_predictions=member_predictions)
 
 
 def input_shape(config: ModelConfig) -> Tuple:

@@ -22,6 +22,7 @@ import app_flags
 import checkpoint_utils
 import cli
 import eval_util
+import fp16_training
 import model_config
 import model_graph
 import readers
@@ -42,6 +43,7 @@ class TrainGraph:
     labels: tf.Tensor
     saver: tf.compat.v1.train.Saver
     init_op: tf.Operation
+    sync_masters: tf.Operation
 
 
 def find_optimizer(name: str):
@@ -81,7 +83,7 @@ def _split(tensor: tf.Tensor, count: int) -> List[tf.Tensor]:
 
 
 def _average_gradients(tower_grads, tower_weights):
-    """Per-variable gradient averaged over towers, weighted by their examples."""
+    """Per-variable float32 gradient averaged over towers, weighted by their examples."""
     averaged = []
     for grads_and_vars in zip(*tower_grads, strict=True):
         var = grads_and_vars[0][1]
@@ -89,15 +91,15 @@ def _average_gradients(tower_grads, tower_weights):
                                                                   strict=True) if g is not None]
         if not grads:
             continue
-        averaged.append((tf.cast(tf.add_n(grads), var.dtype), var))
+        averaged.append((tf.add_n(grads), var))
     return averaged
 
 
 def _clip(grads_and_vars, max_norm: float):
+    """Per-tensor clip_by_norm of the (float32) gradients; max_norm <= 0 disables it."""
     if max_norm <= 0:
         return grads_and_vars
-    return [(tf.cast(tf.clip_by_norm(tf.cast(g, tf.float32), max_norm), g.dtype), v)
-            for g, v in grads_and_vars]
+    return [(tf.clip_by_norm(g, max_norm), v) for g, v in grads_and_vars]
 
 
 def build_training_graph(config: model_config.ModelConfig, files: List[str]) -> TrainGraph:
@@ -134,7 +136,8 @@ def build_training_graph(config: model_config.ModelConfig, files: List[str]) -> 
                 outputs = model_graph.build_predictions(video, frames, config, is_training=True,
                                                         reuse=index > 0)
                 count = tf.cast(tf.shape(tower_labels)[0], tf.float32)
-                label_loss = label_loss_fn.calculate_loss(outputs.predictions, tower_labels)
+                label_loss = model_graph.label_loss(label_loss_fn, outputs.predictions,
+                                                  tower_labels)
                 label_loss = tf.where(count > 0, label_loss, 0.0)
                 loss = label_loss + app_flags.value("regularization_penalty") * \
                     outputs.regularization_loss
@@ -147,7 +150,7 @@ def build_training_graph(config: model_config.ModelConfig, files: List[str]) -> 
                 tower_predictions.append(outputs.predictions)
         grads = _clip(_average_gradients(tower_grads, tower_weights),
                       app_flags.value("clip_gradient_norm"))
-        apply_op = optimizer.apply_gradients(grads, global_step=global_step)
+        apply_op, sync_masters = fp16_training.apply_gradients(optimizer, grads, global_step)
         train_op = tf.group(apply_op, *update_ops)
         with tf.control_dependencies([train_op]):
             step_after_train = global_step.read_value()
@@ -158,7 +161,8 @@ def build_training_graph(config: model_config.ModelConfig, files: List[str]) -> 
                       train_op=train_op, label_loss=tf.add_n(tower_losses) if len(tower_losses) > 1
                       else tower_losses[0], learning_rate=learning_rate,
                       predictions=tf.concat(tower_predictions, 0) if len(tower_predictions) > 1
-                      else tower_predictions[0], labels=labels, saver=saver, init_op=init_op)
+                      else tower_predictions[0], labels=labels, saver=saver, init_op=init_op,
+                      sync_masters=sync_masters)
 
 
 class CheckpointSchedule:
@@ -213,6 +217,34 @@ def resume_checkpoint(train_dir: str) -> str | None:
     return checkpoint_utils.latest_checkpoint(train_dir)
 
 
+def restore_saver(tg: TrainGraph, checkpoint: str) -> tf.compat.v1.train.Saver:
+    """A saver over the graph's variables that ``checkpoint`` holds.
+
+    Every model variable must be there with its shape; missing training state
+    (optimizer slots, float32 masters: e.g. resuming from an averaged
+    checkpoint) starts fresh, with a warning.
+    """
+    stored = checkpoint_utils.open_checkpoint(checkpoint).get_variable_to_shape_map()
+    variables = tg.graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
+    names = [v.op.name for v in variables]
+    hint = "use the flags it was trained with, or --start_new_model"
+    for var in variables:
+        name = var.op.name
+        if name in stored and list(stored[name]) != var.shape.as_list():
+            raise UsageError(f"checkpoint {checkpoint} has {name} with shape {stored[name]} but "
+                             f"the flags give {var.shape.as_list()}; {hint}")
+    missing = [n for n in names if n not in stored]
+    missing_model = [n for n in missing if checkpoint_utils.is_model_variable(n, names)]
+    if missing_model:
+        raise UsageError(f"checkpoint {checkpoint} lacks {len(missing_model)} variables of the "
+                         f"graph the flags describe (e.g. {missing_model[0]}); {hint}")
+    if missing:
+        logging.warning("%s has no training state for %d variables (e.g. %s); it starts fresh.",
+                        checkpoint, len(missing), missing[0])
+    with tg.graph.as_default():
+        return tf.compat.v1.train.Saver([v for v in variables if v.op.name in stored])
+
+
 def train() -> None:
     train_dir = app_flags.value("train_dir")
     config = model_config.from_flags()
@@ -240,13 +272,8 @@ def train() -> None:
     with tf.compat.v1.Session(graph=tg.graph, config=session_config) as sess:
         sess.run(tg.init_op)
         if checkpoint:
-            try:
-                tg.saver.restore(sess, checkpoint)
-            except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
-                raise UsageError(
-                    f"checkpoint {checkpoint} does not match the graph the flags describe "
-                    f"({cli.describe_op_error(e)}); use the flags it was trained with, or "
-                    "--start_new_model") from None
+            restore_saver(tg, checkpoint).restore(sess, checkpoint)
+            sess.run(tg.sync_masters)
             logging.info("Resumed from %s", checkpoint)
         step = int(sess.run(tg.global_step))
         tg.graph.finalize()
