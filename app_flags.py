@@ -63,6 +63,9 @@ _define("string", "model", "NetVLADModelLF",
 _define("bool", "start_new_model", False,
         "Clear train_dir and train from scratch.", (TRAIN,))
 _define("integer", "num_gpu", 1, "GPUs to split each training step over.", (TRAIN,))
+_define("bool", "cpu_towers", False,
+        "Advanced/testing: run the --num_gpu towers on as many virtual CPU devices "
+        "(without it, a machine with fewer GPUs trains with fewer towers).", (TRAIN,))
 _define("string", "label_loss", "CrossEntropyLoss", "Loss class from losses.py.")
 _define("float", "regularization_penalty", 1.0,
         "Weight of the regularisation losses in the total loss.", (TRAIN,))
@@ -85,6 +88,16 @@ _define("bool", "export_saved_model", False,
         "Also write a SavedModel under train_dir/export/step_N at each checkpoint.", (TRAIN,))
 _define("integer", "random_seed", None,
         "Graph-level random seed; None draws a fresh one.", (TRAIN,))
+
+# --- Speed (performance.py) -----------------------------------------------------
+_define("string", "mixed_precision", "none",
+        "none, bfloat16 (matmuls in bfloat16 on CPUs with AVX512_BF16/AMX) or float16 "
+        "(GPUs, with dynamic loss scaling); changes results beyond float32 round-off.",
+        (TRAIN,))
+_define("bool", "xla", False, "Compile the training step with XLA (auto-clustering).",
+        (TRAIN,))
+_define("integer", "intra_op_threads", 0, "Threads per op; 0: one per core.", (TRAIN,))
+_define("integer", "inter_op_threads", 0, "Ops run at once; 0: one per core.", (TRAIN,))
 
 # --- Ensembles -------------------------------------------------------------------
 _define("integer", "ensemble_num", 1, "Number of models in one graph.")
@@ -177,6 +190,11 @@ def set_script_defaults(script: str) -> None:
     """Applies the per-script defaults of shared flag names (before parsing)."""
     for name, default in _SCRIPT_DEFAULTS.get(script, {}).items():
         FLAGS.set_default(name, default)
+
+
+def script_flags(script: str) -> List[flags.Flag]:
+    """The flags ``script`` reads, for its --help."""
+    return [FLAGS[name] for name, users in _USERS.items() if script in users]
 
 
 def log_unused_flags(script: str) -> None:

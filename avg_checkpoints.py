@@ -151,6 +151,7 @@ def average_checkpoints(paths: Sequence[str]) -> Dict[str, np.ndarray]:
 def main() -> None:
     paths = select_checkpoints(FLAGS.prefix, FLAGS.checkpoints, FLAGS.checkpoints_start_end,
                                FLAGS.num_last_checkpoints)
+    checkpoint_utils.check_writable(FLAGS.output_path, "output_path")
     print(f"Averaging {len(paths)} checkpoints:")
     for path in paths:
         print("  " + path)

@@ -1,13 +1,22 @@
 """How many bytes a checkpoint's variables take, per ensemble member and block.
 
     python checkpoint_size.py --checkpoint=RUN/inference_model
+    python checkpoint_size.py $ENS       # the model the flags describe, before training it
 
-The 2018 competition capped submissions at 1 GB (1e9 bytes), which is why
-the ensemble stores its large matrices in float16.  The report shows the
+The 2018 competition capped submissions at 1 GB, which is why the ensemble
+stores its large matrices in float16.  The limit is taken as 1 GiB (2**30
+bytes): the 7th-place four-model float16 ensemble (1,069,237,572 bytes) was
+built to fit it, and would not fit 1e9.  The report shows the
 bytes as stored and what the same variables would take all in float32 (and
 all in float16), and warns when the total is over the limit
-(``--fail_over_limit`` makes that an error).  :func:`size_report_from_shapes`
-does the same for variables of a graph that was built but never saved.
+(``--fail_over_limit`` makes that an error).
+
+Without ``--checkpoint`` the report is of the inference graph that the model
+flags describe (the flags of train.py: --model, --ensemble_num, the repeated
+--netvlad_cluster_size/--netvlad_hidden_size, --float16_flag, --num_classes,
+...), built without data or weights, which is the size eval.py's re-save of
+that model will have.  ``--checkpoint`` is the shared flag of eval.py, here a
+checkpoint path used verbatim (``.index`` may be added).
 """
 from typing import Any, Dict, Mapping, Sequence, Tuple
 
@@ -15,19 +24,21 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
+import app_flags
 import checkpoint_utils
+import model_config
+import model_graph
 from errors import UsageError
 
 FLAGS = flags.FLAGS
 
-LIMIT_BYTES = 10 ** 9
+LIMIT_BYTES = 2 ** 30
 OPTIMIZER_BLOCK = "optimizer state"
 
 
 def define_flags() -> None:
-    """This tool's flags, defined only when it runs."""
-    flags.DEFINE_string("checkpoint", "", "Checkpoint prefix to measure (e.g. RUN/model.ckpt-10).")
-    flags.DEFINE_bool("fail_over_limit", False, "Exit non-zero when over the 1 GB limit.")
+    """This tool's own flag, defined only when it runs (--checkpoint is app_flags')."""
+    flags.DEFINE_bool("fail_over_limit", False, "Exit non-zero when over the 1 GiB limit.")
 
 
 def group_of(name: str, is_model: bool) -> Tuple[int | None, str]:
@@ -102,12 +113,32 @@ def size_report(checkpoint_path: str) -> Dict[str, Any]:
     return report
 
 
+def size_report_from_flags() -> Dict[str, Any]:
+    """:func:`size_report_from_shapes` of the inference graph the model flags describe."""
+    graph = model_graph.build_inference_graph(model_config.from_flags())
+    with graph.as_default():
+        variables = tf.compat.v1.global_variables()
+    return size_report_from_shapes(
+        {v.op.name: (v.shape.as_list(), v.dtype.base_dtype) for v in variables})
+
+
+def describe_flags_model() -> str:
+    """One line naming the model the flags describe, for the report's header."""
+    members = app_flags.ensemble_members()
+    model = app_flags.value("model")
+    if len(members) > 1:  # the repeated flags set each member's sizes
+        sizes = ", ".join(f"c{c}h{h}" for c, h, _ in members)
+        model = f"{model} x{len(members)} ({sizes})"
+    return (f"{model}, float16_flag={app_flags.value('float16_flag')}, "
+            f"num_classes={app_flags.value('num_classes')}")
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
 def format_report(report: Mapping[str, Any]) -> str:
-    """The report as a table, ending with the verdict on the 1 GB limit."""
+    """The report as a table, ending with the verdict on the 1 GiB limit."""
     lines = [f"{'member':>6}  {'block':<24} {'vars':>5} {'bytes':>15} {'as float32':>15}"]
     for g in report["groups"]:
         member = "-" if g["member"] is None else str(g["member"])
@@ -124,22 +155,31 @@ def format_report(report: Mapping[str, Any]) -> str:
                  f"all float16: {report['float16_bytes']:,} bytes "
                  f"({_mb(report['float16_bytes'])})")
     if report["over_limit"]:
-        lines.append(f"WARNING: {total:,} bytes is OVER the 1 GB limit "
+        lines.append(f"WARNING: {total:,} bytes is OVER the 1 GiB limit "
                      f"({report['limit_bytes']:,} bytes)")
     else:
-        lines.append(f"OK: under the 1 GB limit ({report['limit_bytes']:,} bytes)")
+        lines.append(f"OK: under the 1 GiB limit ({report['limit_bytes']:,} bytes)")
     return "\n".join(lines)
 
 
 def main() -> None:
-    if not FLAGS.checkpoint:
-        raise UsageError("--checkpoint is required, e.g. --checkpoint=RUN/inference_model")
-    report = size_report(FLAGS.checkpoint)
-    print(f"checkpoint: {FLAGS.checkpoint}")
+    checkpoint = app_flags.value("checkpoint")
+    if checkpoint:
+        report = size_report(checkpoint)
+        what = f"--checkpoint={checkpoint}"
+        print(f"checkpoint: {checkpoint}")
+    else:
+        try:
+            report = size_report_from_flags()
+        except UsageError as e:
+            raise UsageError(f"{e} (without --checkpoint, checkpoint_size.py measures the "
+                             "model the model flags describe)") from None
+        what = "the model of the flags"
+        print(f"model flags: {describe_flags_model()}")
     print(format_report(report))
     if report["over_limit"] and FLAGS.fail_over_limit:
-        raise UsageError(f"--checkpoint={FLAGS.checkpoint} takes {report['total_bytes']:,} bytes, "
-                         f"over the 1 GB limit (--fail_over_limit)")
+        raise UsageError(f"{what} takes {report['total_bytes']:,} bytes, "
+                         f"over the 1 GiB limit (--fail_over_limit)")
 
 
 def run() -> None:

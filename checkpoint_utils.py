@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app
 
-from errors import UsageError, exit_with_message
+from errors import UsageError, exit_with_message, parse_flags
 
 gfile = tf.io.gfile
 
@@ -164,6 +164,29 @@ def model_variables(var_list: Sequence[tf.Variable]) -> List[tf.Variable]:
     return [v for v in var_list if v.op.name in keep]
 
 
+def restorable_variables(checkpoint: str, variables: Sequence[tf.Variable],
+                         hint: str) -> List[tf.Variable]:
+    """The ``variables`` that ``checkpoint`` holds, checked against it.
+
+    A model variable the checkpoint lacks, or holds in another shape, means the
+    flags describe another graph: a UsageError naming it, ending in ``hint``
+    (restoring would otherwise "succeed" and fail later in a reshape, or write
+    a broken re-save).  Missing training state is the caller's to handle.
+    """
+    stored = open_checkpoint(checkpoint).get_variable_to_shape_map()
+    names = [v.op.name for v in variables]
+    for var in variables:
+        name = var.op.name
+        if name in stored and list(stored[name]) != var.shape.as_list():
+            raise UsageError(f"checkpoint {checkpoint} has {name} with shape {stored[name]} but "
+                             f"the flags give {var.shape.as_list()}; {hint}")
+    missing_model = [n for n in names if n not in stored and is_model_variable(n, names)]
+    if missing_model:
+        raise UsageError(f"checkpoint {checkpoint} lacks {len(missing_model)} variables of the "
+                         f"graph the flags describe (e.g. {missing_model[0]}); {hint}")
+    return [v for v in variables if v.op.name in stored]
+
+
 def create_global_step(graph: tf.Graph | None = None) -> tf.Variable:
     """An int32 ``global_step`` variable (0), as in every 2018 artefact.
 
@@ -215,7 +238,7 @@ def run_tool(main: Callable[[], None]) -> None:
         except tf.errors.OpError as e:
             exit_with_message(f"{type(e).__name__}: {describe_error(e)}")
 
-    app.run(wrapped)
+    app.run(wrapped, flags_parser=parse_flags)
 
 
 def describe_error(error: Exception) -> str:
@@ -275,6 +298,39 @@ def _move_checkpoint(temp: str, final: str) -> None:
         gfile.remove(stale)
 
 
+def check_writable(path: str, flag: str, is_directory: bool = False) -> None:
+    """Fails early, naming ``--flag``, when ``path`` (a file, or a directory) cannot be written.
+
+    Creates the (parent) directory and a probe file in it, which is removed
+    again; an hour of work should not end in "cannot write the output".
+    """
+    try:
+        if not is_directory and gfile.isdir(path):
+            raise UsageError(f"--{flag}={path} is a directory; give a file name")
+        directory = path.rstrip("/") if is_directory else _split(path)[0]
+        if directory:
+            gfile.makedirs(directory)
+        probe = _join(directory, f".tmp-{uuid.uuid4().hex}-write-test")
+        with gfile.GFile(probe, "w") as f:
+            f.write("")
+        gfile.remove(probe)
+    except (tf.errors.OpError, OSError) as e:
+        raise UsageError(f"--{flag}={path} is not writable: {describe_error(e)}") from None
+
+
+def copy_atomically(local_path: str, target: str) -> None:
+    """Copies a finished file to ``target`` (any file system) under a temporary
+    name, then renames it: ``target`` is the old file or the new one, never
+    part of one, and a failed copy leaves no temporary file behind."""
+    temp = f"{target}.tmp-{uuid.uuid4().hex}"
+    try:
+        gfile.copy(local_path, temp, overwrite=True)
+        gfile.rename(temp, target, overwrite=True)
+    finally:
+        if gfile.exists(temp):
+            gfile.remove(temp)
+
+
 def write_checkpoint(values: Mapping[str, np.ndarray], save_path: str, global_step: int = 0,
                      meta_graph_path: str | None = None) -> str:
     """Writes ``values`` (name -> array) as checkpoint ``<save_path>-<global_step>``.
@@ -306,13 +362,21 @@ def write_checkpoint(values: Mapping[str, np.ndarray], save_path: str, global_st
         saved = {name: variables[name] for name in feed}
         saver = tf.compat.v1.train.Saver(var_list=saved, allow_empty=True)
         with tf.compat.v1.Session(graph=graph) as sess:
-            for name, value in feed.items():
-                var = saved[name]
-                # What Variable.load does: feed the initial value, so the
-                # values are not embedded in the meta graph as constants.
-                sess.run(var.initializer, {var.initializer.inputs[1]: value})
+            assign_values(sess, saved, feed)
             return save_atomically(saver, sess, save_path, global_step=global_step,
                                    write_meta_graph=True, record_in_state=False)
+
+
+def assign_values(sess: tf.compat.v1.Session, variables: Mapping[str, tf.Variable],
+                  values: Mapping[str, np.ndarray]) -> None:
+    """Sets ``variables[name]`` to ``values[name]`` for every name of ``values``.
+
+    What Variable.load does: run the initializer with its initial value fed,
+    so the values are not embedded in the graph as constants.
+    """
+    for name, value in values.items():
+        var = variables[name]
+        sess.run(var.initializer, {var.initializer.inputs[1]: value})
 
 
 def _plain_variable(name: str, value: np.ndarray) -> tf.Variable:

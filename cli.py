@@ -4,14 +4,15 @@ A problem the user can fix ends in one ``ERROR:`` line naming the flag, file
 or value and a non-zero exit, never in a TensorFlow traceback.
 """
 import re
+import sys
 from typing import Callable
 
 import tensorflow as tf
-from absl import app
+from absl import app, flags
 
 import app_flags
 import readers
-from errors import UsageError, exit_with_message
+from errors import UsageError, exit_with_message, parse_flags
 
 
 def describe_op_error(error: tf.errors.OpError) -> str:
@@ -27,6 +28,8 @@ def describe_op_error(error: tf.errors.OpError) -> str:
 def run(main: Callable[[], None], script: str) -> None:
     """Parses the flags (with ``script``'s defaults) and calls ``main``."""
     app_flags.set_script_defaults(script)
+    for flag in app_flags.script_flags(script):  # so --help lists them, not only --helpfull
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
     def wrapped(argv):
         if len(argv) > 1:
@@ -40,4 +43,4 @@ def run(main: Callable[[], None], script: str) -> None:
         except tf.errors.OpError as e:
             exit_with_message(describe_op_error(e))
 
-    app.run(wrapped)
+    app.run(wrapped, flags_parser=parse_flags)

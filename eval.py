@@ -11,7 +11,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Set
+from typing import Dict, Set
 
 import tensorflow as tf
 from absl import logging
@@ -33,8 +33,8 @@ class EvalGraph:
     global_step: tf.Variable
     saver: tf.compat.v1.train.Saver
     iterator_init: tf.Operation | None
-    predictions: tf.Tensor | None
-    labels: tf.Tensor | None
+    # Each video's top entries (eval_util.graph_top_k): only [batch, top_k] leaves the graph.
+    top_k: Dict[str, tf.Tensor] | None
     loss: tf.Tensor | None
 
 
@@ -48,10 +48,10 @@ def build_eval_graph(config: model_config.ModelConfig, files) -> EvalGraph:
             num_frames = tf.compat.v1.placeholder(tf.int32, [None])
             model_graph.build_predictions(raw, num_frames, config, is_training=False)
             saver = tf.compat.v1.train.Saver(model_graph.model_variables())
-            return EvalGraph(graph, global_step, saver, None, None, None, None)
+            return EvalGraph(graph, global_step, saver, None, None, None)
         reader = readers.get_reader(config.frame_features, config.feature_names,
                                     config.feature_sizes, config.num_classes,
-                                    app_flags.value("max_frames"))
+                                    app_flags.value("max_frames"), require_labels=True)
         dataset = readers.build_dataset(
             reader, files, app_flags.value("batch_size"), shuffle=False, num_epochs=1,
             num_readers=app_flags.value("num_readers"),
@@ -63,9 +63,10 @@ def build_eval_graph(config: model_config.ModelConfig, files) -> EvalGraph:
         labels = tf.cast(batch["labels"], tf.float32)
         loss = model_graph.label_loss(model_graph.find_loss(config.label_loss),
                                       outputs.predictions, labels)
+        top_k = eval_util.graph_top_k(outputs.predictions, batch["labels"],
+                                      app_flags.value("top_k"))
         saver = tf.compat.v1.train.Saver(model_graph.model_variables())
-    return EvalGraph(graph, global_step, saver, iterator.initializer, outputs.predictions,
-                     batch["labels"], loss)
+    return EvalGraph(graph, global_step, saver, iterator.initializer, top_k, loss)
 
 
 def _in_train_dir(train_dir: str, name: str) -> str:
@@ -98,6 +99,9 @@ def resave(sess, eg: EvalGraph, config, train_dir: str, checkpoint: str) -> None
 def evaluate_checkpoint(sess, eg: EvalGraph, config, train_dir: str, checkpoint: str,
                         writer) -> dict | None:
     """Restores, re-saves, and (unless --create_meta_only) runs one pass of metrics."""
+    checkpoint_utils.restorable_variables(
+        checkpoint, eg.graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES),
+        "pass the model flags it was trained with")
     eg.saver.restore(sess, checkpoint)
     step = int(sess.run(eg.global_step))
     resave(sess, eg, config, train_dir, checkpoint)
@@ -108,11 +112,11 @@ def evaluate_checkpoint(sess, eg: EvalGraph, config, train_dir: str, checkpoint:
     start, examples = time.time(), 0
     while True:
         try:
-            predictions, labels, loss = sess.run([eg.predictions, eg.labels, eg.loss])
+            top_k, loss = sess.run([eg.top_k, eg.loss])
         except tf.errors.OutOfRangeError:
             break
-        metrics.accumulate(predictions, labels, loss)
-        examples += len(predictions)
+        metrics.accumulate_top_k(loss=loss, **top_k)
+        examples += len(top_k["num_labels"])
         logging.log_every_n_seconds(logging.INFO, "evaluated %d videos, %.1f videos/sec", 10,
                                     examples, examples / max(time.time() - start, 1e-9))
     if examples == 0:
@@ -179,9 +183,15 @@ def _wait_and_evaluate(sess, eg, config, train_dir: str, writer) -> None:
         done.add(checkpoint)
         try:
             evaluate_checkpoint(sess, eg, config, train_dir, checkpoint, writer)
-        except tf.errors.NotFoundError as e:
+        except (tf.errors.OpError, ValueError, UsageError) as e:
+            # Deleted (or being deleted) since the listing: Saver.restore raises
+            # ValueError for a missing index, NotFoundError for missing data, and
+            # reading its variable list fails with a UsageError.
+            if checkpoint_utils.checkpoint_exists(checkpoint) and tf.io.gfile.glob(
+                    checkpoint + ".data-*"):
+                raise
             logging.warning("Skipping %s, which disappeared: %s", checkpoint,
-                            cli.describe_op_error(e))
+                            checkpoint_utils.describe_error(e))
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ desc, video index asc, class asc), where the video index counts videos in the
 order they were accumulated.  So results do not depend on batch boundaries.
 """
 import numpy as np
+import tensorflow as tf
 
 import average_precision
 
@@ -36,17 +37,47 @@ def _as_labels(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
     return labels
 
 
+# Classes per group in _kth_largest (a few times faster than a full partition at k=20).
+_GROUP_SIZE = 16
+
+
+def _kth_largest(predictions: np.ndarray, k: int) -> np.ndarray:
+    """Each row's k-th largest score, [B, 1].
+
+    The classes are split into G groups (group g: classes g, g + G, g + 2G, ...,
+    so each group's maximum is an elementwise maximum of contiguous slices); the
+    k groups with the largest maxima hold every top-k score, ties included,
+    so a partition of their members alone finds the k-th largest.
+    """
+    batch, num_classes = predictions.shape
+    groups = -(-num_classes // _GROUP_SIZE)
+    if groups <= k:
+        return np.partition(predictions, num_classes - k, axis=1)[:, num_classes - k, None]
+    full_rows = num_classes // groups
+    maxima = predictions[:, :full_rows * groups].reshape(batch, full_rows, groups).max(axis=1)
+    rest = num_classes - full_rows * groups
+    if rest:
+        maxima[:, :rest] = np.maximum(maxima[:, :rest], predictions[:, full_rows * groups:])
+    best = np.argpartition(maxima, groups - k, axis=1)[:, groups - k:]
+    members = (best[:, :, None] + groups * np.arange(-(-num_classes // groups))).reshape(batch, -1)
+    rows = num_classes * np.arange(batch)[:, None]
+    candidates = predictions.reshape(-1).take(np.minimum(members, num_classes - 1) + rows)
+    candidates[members >= num_classes] = -np.inf
+    size = candidates.shape[1]
+    return np.partition(candidates, size - k, axis=1)[:, size - k, None]
+
+
 def _select_top_k(predictions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each video's top-k (scores, classes), rows in ascending class order.
 
-    O(B*C): a partition finds the k-th largest score of each row; every score
-    above it is taken, and of the scores equal to it, the lowest classes.
+    O(B*C): the k-th largest score of each row is found (:func:`_kth_largest`);
+    every score above it is taken, and of the scores equal to it, the lowest classes.
     """
     if k <= 0:
         raise ValueError(f"k must be a positive integer, got {k}")
     num_classes = predictions.shape[1]
     k = min(k, num_classes)
-    kth = np.partition(predictions, num_classes - k, axis=1)[:, num_classes - k, None]
+    kth = _kth_largest(predictions, k)
     chosen = predictions >= kth
     # Rows with more candidates than k have ties at the k-th score: of those, keep the
     # lowest classes (a cumulative count, only over the few rows that need it).
@@ -109,6 +140,30 @@ def _gap(scores: np.ndarray, hits: np.ndarray, num_positives: int) -> tuple[floa
     """
     order = average_precision.rank_order(scores.ravel())
     return average_precision.ranked_ap(hits.ravel()[order], num_positives), order
+
+
+def graph_top_k(predictions: tf.Tensor, labels: tf.Tensor, top_k: int) -> dict:
+    """In-graph part of the metrics, so that only [batch, depth] arrays leave the graph.
+
+    predictions [B, C] float, labels [B, C] (bool or 0/1).  Returns tensors
+    ``scores``, ``classes`` (int32), ``hits`` (bool): each video's top
+    depth = min(C, max(top_k, most labels of a video in the batch)) entries by
+    score descending, lower class first on ties (``tf.math.top_k``'s order,
+    the same as :func:`top_k_per_video`); ``num_labels`` [B] and
+    ``class_positives`` [C].  Feed them to EvaluationMetrics.accumulate_top_k.
+    """
+    positive = tf.cast(labels, tf.bool)
+    num_labels = tf.math.count_nonzero(positive, axis=1, dtype=tf.int32)
+    num_classes = tf.shape(predictions)[1]
+    depth = tf.minimum(num_classes, tf.maximum(top_k, tf.reduce_max(num_labels)))
+    check = tf.debugging.Assert(tf.logical_not(tf.reduce_any(tf.math.is_nan(predictions))),
+                                ["predictions contain NaN"])
+    with tf.control_dependencies([check]):
+        scores, classes = tf.math.top_k(predictions, depth, sorted=True)
+    return {"scores": scores, "classes": classes,
+            "hits": tf.gather(positive, classes, batch_dims=1),
+            "num_labels": num_labels,
+            "class_positives": tf.math.count_nonzero(positive, axis=0, dtype=tf.int32)}
 
 
 def calculate_hit_at_one(predictions: np.ndarray, actuals: np.ndarray) -> float:
@@ -187,12 +242,25 @@ class EvaluationMetrics:
         if labels.shape[1] != self.num_class:
             raise ValueError(f"got {labels.shape[1]} classes, expected {self.num_class}")
         scores, classes, hits, num_labels = _top_with_hits(predictions, labels, self.top_k)
-        perr = _perr_per_video(scores, hits, num_labels)
+        return self.accumulate_top_k(scores, classes, hits, num_labels,
+                                     np.count_nonzero(labels, axis=0), loss)
+
+    def accumulate_top_k(self, scores: np.ndarray, classes: np.ndarray, hits: np.ndarray,
+                         num_labels: np.ndarray, class_positives: np.ndarray,
+                         loss: float | np.ndarray) -> dict[str, float]:
+        """:meth:`accumulate` from each video's top entries alone (see :func:`graph_top_k`).
+
+        scores, classes, hits: [B, D] by score descending (lower class first on
+        ties), D >= min(C, max(top_k, most labels of a video)); num_labels [B];
+        class_positives [C], positives outside the top entries included.
+        """
+        scores, hits = np.asarray(scores), np.asarray(hits, dtype=bool)
+        perr = _perr_per_video(scores, hits, np.asarray(num_labels))
         mean_loss = float(np.mean(loss))
         self._accumulate_video_stats(hits[:, 0], perr, mean_loss)
         k = self.top_k
-        self._accumulate_top_k(scores[:, :k], classes[:, :k], hits[:, :k],
-                               np.count_nonzero(labels, axis=0))
+        self._accumulate_top_k(scores[:, :k], np.asarray(classes)[:, :k], hits[:, :k],
+                               class_positives)
         return {"hit_at_one": float(np.mean(hits[:, 0])), "perr": float(np.mean(perr)),
                 "loss": mean_loss}
 
@@ -207,9 +275,6 @@ class EvaluationMetrics:
     def _accumulate_top_k(self, scores: np.ndarray, classes: np.ndarray, hits: np.ndarray,
                           class_positives: np.ndarray) -> None:
         """Adds videos' GAP/mAP state from their top-k alone (e.g. ``tf.math.top_k``).
-
-        A caller that computes the top-k in the graph calls this and
-        ``_accumulate_video_stats`` instead of ``accumulate``.
 
         scores, classes, hits: [b, k] in any order within a row (ties at the k-th
         score must already have been cut with lower classes first);

@@ -7,7 +7,6 @@ import io
 import os
 import tarfile
 import tempfile
-import uuid
 from typing import List
 
 import tensorflow as tf
@@ -22,13 +21,14 @@ def write_inference_meta_graph(config: model_config.ModelConfig, meta_path: str)
     graph = model_graph.build_inference_graph(config)
     with graph.as_default():
         saver = tf.compat.v1.train.Saver(model_graph.model_variables(), save_relative_paths=True)
-        local = os.path.join(tempfile.mkdtemp(prefix="yt8m-meta-"), "inference.meta")
-        tf.compat.v1.train.export_meta_graph(
-            filename=local, graph=graph, saver_def=saver.as_saver_def(), clear_devices=True)
-    tmp = f"{meta_path}.tmp-{uuid.uuid4().hex}"
-    tf.io.gfile.copy(local, tmp, overwrite=True)
-    tf.io.gfile.rename(tmp, meta_path, overwrite=True)
-    tf.io.gfile.rmtree(os.path.dirname(local))
+        local_dir = tempfile.mkdtemp(prefix="yt8m-meta-")
+        try:
+            local = os.path.join(local_dir, "inference.meta")
+            tf.compat.v1.train.export_meta_graph(
+                filename=local, graph=graph, saver_def=saver.as_saver_def(), clear_devices=True)
+            checkpoint_utils.copy_atomically(local, meta_path)
+        finally:
+            tf.io.gfile.rmtree(local_dir)
 
 
 def save_inference_model(sess: tf.compat.v1.Session, saver: tf.compat.v1.train.Saver,
@@ -51,18 +51,18 @@ def write_model_tgz(model_dir: str, name: str, tgz_path: str) -> None:
     finds them when the tgz is read back with --input_model_tgz.
     """
     local_dir = tempfile.mkdtemp(prefix="yt8m-tgz-")
-    local = os.path.join(local_dir, "model.tgz")
-    with tarfile.open(local, "w:gz") as tar:
-        for path in model_files(model_dir, name) + [
-                os.path.join(model_dir, model_config.FILE_NAME)]:
-            arcname = os.path.basename(path)
-            if arcname != model_config.FILE_NAME:
-                arcname = "inference_model" + arcname[len(name):]
-            data = tf.io.gfile.GFile(path, "rb").read()
-            info = tarfile.TarInfo(arcname)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    tmp = f"{tgz_path}.tmp-{uuid.uuid4().hex}"
-    tf.io.gfile.copy(local, tmp, overwrite=True)
-    tf.io.gfile.rename(tmp, tgz_path, overwrite=True)
-    tf.io.gfile.rmtree(local_dir)
+    try:
+        local = os.path.join(local_dir, "model.tgz")
+        with tarfile.open(local, "w:gz") as tar:
+            for path in model_files(model_dir, name) + [
+                    os.path.join(model_dir, model_config.FILE_NAME)]:
+                arcname = os.path.basename(path)
+                if arcname != model_config.FILE_NAME:
+                    arcname = "inference_model" + arcname[len(name):]
+                data = tf.io.gfile.GFile(path, "rb").read()
+                info = tarfile.TarInfo(arcname)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        checkpoint_utils.copy_atomically(local, tgz_path)
+    finally:
+        tf.io.gfile.rmtree(local_dir)

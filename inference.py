@@ -13,12 +13,14 @@ import os
 import tarfile
 import time
 import uuid
+from typing import List
 
 import tensorflow as tf
 from absl import logging
 from tensorflow.core.protobuf import meta_graph_pb2
 
 import app_flags
+import checkpoint_utils
 import cli
 import export
 import model_config
@@ -29,10 +31,14 @@ from errors import UsageError
 CSV_HEADER = "VideoId,LabelConfidencePairs\n"
 
 
-def unpack_model_tgz(tgz_path: str, target_dir: str) -> None:
-    """Extracts the flat tgz of --output_model_tgz into target_dir through gfile."""
+def unpack_model_tgz(tgz_path: str, target_dir: str) -> List[str]:
+    """Extracts the flat tgz of --output_model_tgz into target_dir through gfile.
+
+    Returns the names extracted: target_dir may hold older files.
+    """
     if not tf.io.gfile.exists(tgz_path):
         raise UsageError(f"--input_model_tgz={tgz_path} not found")
+    names = []
     try:
         data = tf.io.gfile.GFile(tgz_path, "rb").read()
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
@@ -43,8 +49,10 @@ def unpack_model_tgz(tgz_path: str, target_dir: str) -> None:
                 name = os.path.basename(member.name)
                 with tf.io.gfile.GFile(os.path.join(target_dir, name), "wb") as out:
                     out.write(tar.extractfile(member).read())
+                names.append(name)
     except (tarfile.TarError, OSError, EOFError) as e:
         raise UsageError(f"--input_model_tgz={tgz_path} is not a readable .tgz: {e}") from None
+    return names
 
 
 def locate_model() -> tuple:
@@ -59,10 +67,18 @@ def locate_model() -> tuple:
     model_dir = train_dir
     if tgz:
         model_dir = app_flags.value("untar_model_dir")
-        unpack_model_tgz(tgz, model_dir)
-        metas = tf.io.gfile.glob(os.path.join(model_dir, "*.meta"))
-        if not tf.io.gfile.exists(os.path.join(model_dir, name + ".meta")) and len(metas) == 1:
-            name = os.path.basename(metas[0])[:-len(".meta")]
+        packed = unpack_model_tgz(tgz, model_dir)
+        metas = [n for n in packed if n.endswith(".meta")]
+        if name + ".meta" not in packed and len(metas) == 1:
+            name = metas[0][:-len(".meta")]
+        missing = [n for n in (name + ".meta", name + ".index", model_config.FILE_NAME)
+                   if n not in packed]
+        if not any(n.startswith(name + ".data-") for n in packed):
+            missing.append(name + ".data-*")
+        if missing:
+            raise UsageError(f"--input_model_tgz={tgz} lacks the model files "
+                             f"{', '.join(missing)} (it holds "
+                             f"{', '.join(sorted(packed)) or 'nothing'})")
     meta = os.path.join(model_dir, name + ".meta")
     if not tf.io.gfile.exists(meta) or not tf.io.gfile.exists(
             os.path.join(model_dir, name + ".index")):
@@ -90,6 +106,9 @@ def run_inference() -> None:
         raise UsageError("--output_file is required")
     if not app_flags.value("input_data_pattern"):
         raise UsageError("--input_data_pattern is required")
+    checkpoint_utils.check_writable(output_file, "output_file")
+    if app_flags.value("output_model_tgz"):
+        checkpoint_utils.check_writable(app_flags.value("output_model_tgz"), "output_model_tgz")
     model_dir, name = locate_model()
     config = model_config.for_evaluation(model_dir)
     files = readers.resolve_data_files(app_flags.value("input_data_pattern"),

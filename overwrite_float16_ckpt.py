@@ -14,7 +14,7 @@ meta graph, so eval.py and inference.py load it like any inference model.
 The ``checkpoint`` state file is left alone.
 """
 import posixpath
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -63,6 +63,16 @@ def template_members(template: str, variables: Sequence[str]) -> Dict[str, Tuple
 def fill_template(template: str, checkpoints: Sequence[str]) -> Dict[str, np.ndarray]:
     """Value of every template model variable, taken from its member's checkpoint."""
     template_vars = _model_variables(checkpoint_utils.open_checkpoint(template, "template"))
+    return fill_variables(template_vars, checkpoints, template)
+
+
+def fill_variables(template_vars: Mapping[str, Tuple[List[int], tf.DType]],
+                   checkpoints: Sequence[str], template: str) -> Dict[str, np.ndarray]:
+    """Values for the ensemble variables ``template_vars`` (name -> (shape, dtype)).
+
+    Also used by build_ensemble.py on the variables of a graph built from
+    flags; ``template`` names their origin in error messages.
+    """
     members = template_members(template, sorted(template_vars))
     num_members = len({i for i, _ in members.values()})
     if len(checkpoints) != num_members:

@@ -49,11 +49,12 @@ def _checks(conditions: Sequence[Tuple[tf.Tensor, str]], video_ids: tf.Tensor,
     """Asserts, run in the given order, each failing with its text and naming the
     videos (and files) where its [B] bool condition is False."""
     asserts = []
+    named = tf.where(tf.strings.length(video_ids) > 0, video_ids, "(no id)")
     for ok, what in conditions:
         bad = tf.logical_not(ok)
         parts = [DATA_ERROR + what + " in ",
                  tf.strings.as_string(tf.reduce_sum(tf.cast(bad, tf.int32))),
-                 " video(s), e.g. ", _join_first(tf.boolean_mask(video_ids, bad))]
+                 " video(s), e.g. ", _join_first(tf.boolean_mask(named, bad))]
         if file_names is not None:
             parts += ["; file(s) ", _join_first(tf.unique(tf.boolean_mask(file_names, bad)).y)]
         with tf.control_dependencies(asserts[-1:]):
@@ -85,11 +86,36 @@ def _id_features() -> Dict[str, tf.io.FixedLenFeature]:
     return {key: tf.io.FixedLenFeature([], tf.string, default_value="") for key in _ID_KEYS}
 
 
+def _id_condition(video_ids: tf.Tensor) -> Tuple[tf.Tensor, str]:
+    return tf.strings.length(video_ids) > 0, "no id (or video_id) feature"
+
+
+def _has_context_key(serialized: tf.Tensor, message_type: str, field: str,
+                     key: str) -> tf.Tensor:
+    """[B] bool: the records' `field` (a tf.train.Features) has an entry `key`.
+
+    The parsing ops read a missing list feature as an empty one, so the keys
+    are read from the protos themselves (only the small context is copied).
+    """
+    def decode(protos, message, name):  # [N, max count]; absent values are ""
+        return tf.io.decode_proto(protos, message, [name], [tf.string])[1][0]
+
+    # reduce_join: a singular field comes as [N, 1], or [N, 0] if no proto has it.
+    features = tf.strings.reduce_join(decode(serialized, message_type, field), axis=1)
+    entries = decode(features, "tensorflow.Features", "feature")
+    keys = tf.strings.reduce_join(decode(tf.reshape(entries, [-1]),
+                                         "tensorflow.Features.FeatureEntry", "key"), axis=1)
+    return tf.reduce_any(tf.equal(tf.reshape(keys, tf.shape(entries)), key), axis=1)
+
+
 class _BaseReader:
     """Shared flag checks and label handling of both readers."""
 
+    # decode_proto names of the record type and of its tf.train.Features field.
+    _PROTO: Tuple[str, str]
+
     def __init__(self, num_classes: int, feature_names: Sequence[str],
-                 feature_sizes: Sequence[int]) -> None:
+                 feature_sizes: Sequence[int], require_labels: bool = False) -> None:
         feature_names, feature_sizes = list(feature_names), list(feature_sizes)
         if not feature_names or len(feature_names) != len(feature_sizes):
             raise UsageError(
@@ -102,6 +128,18 @@ class _BaseReader:
         self.num_classes = num_classes
         self.feature_names = feature_names
         self.feature_sizes = feature_sizes
+        # Training and eval need the `labels` key (an empty list is fine: SPEC 3);
+        # inference does not read labels at all.
+        self.require_labels = require_labels
+
+    def _record_conditions(self, serialized: tf.Tensor,
+                           video_ids: tf.Tensor) -> List[Tuple[tf.Tensor, str]]:
+        """Checks every record needs: an id and, if required, a `labels` key."""
+        conditions = [_id_condition(video_ids)]
+        if self.require_labels:
+            conditions.append((_has_context_key(serialized, *self._PROTO, "labels"),
+                               "no labels feature (needed to train or evaluate)"))
+        return conditions
 
     def _context_features(self) -> Dict[str, object]:
         features = _id_features()
@@ -130,9 +168,11 @@ class _BaseReader:
 class YT8MAggregatedFeatureReader(_BaseReader):
     """Video-level `tf.train.Example` records: float lists such as mean_rgb, mean_audio."""
 
+    _PROTO = ("tensorflow.Example", "features")
+
     def __init__(self, num_classes: int = 3862, feature_names: Sequence[str] = ("mean_rgb",),
-                 feature_sizes: Sequence[int] = (1024,)) -> None:
-        super().__init__(num_classes, feature_names, feature_sizes)
+                 feature_sizes: Sequence[int] = (1024,), require_labels: bool = False) -> None:
+        super().__init__(num_classes, feature_names, feature_sizes, require_labels)
 
     def prepare_serialized_examples(self, serialized: tf.Tensor,
                                     file_names: tf.Tensor | None = None) -> Dict[str, tf.Tensor]:
@@ -141,11 +181,11 @@ class YT8MAggregatedFeatureReader(_BaseReader):
             features[name] = tf.io.RaggedFeature(tf.float32)
         parsed = tf.io.parse_example(serialized, features)
         video_ids = _video_ids(parsed)
-        checks = _checks([(tf.equal(parsed[name].row_lengths(), size),
-                           f"feature {name} missing or not of size {size} (--feature_sizes)")
-                          for name, size in zip(self.feature_names, self.feature_sizes,
-                                                strict=True)],
-                         video_ids, file_names)
+        checks = _checks(self._record_conditions(serialized, video_ids) + [
+            (tf.equal(parsed[name].row_lengths(), size),
+             f"feature {name} missing or not of size {size} (--feature_sizes)")
+            for name, size in zip(self.feature_names, self.feature_sizes, strict=True)],
+            video_ids, file_names)
         with tf.control_dependencies(checks):
             video_matrix = tf.concat(
                 [tf.reshape(parsed[name].flat_values, [-1, size])
@@ -162,9 +202,12 @@ class YT8MAggregatedFeatureReader(_BaseReader):
 class YT8MFrameFeatureReader(_BaseReader):
     """Frame-level `tf.train.SequenceExample` records: one uint8 byte string per frame."""
 
+    _PROTO = ("tensorflow.SequenceExample", "context")
+
     def __init__(self, num_classes: int = 3862, feature_names: Sequence[str] = ("rgb",),
-                 feature_sizes: Sequence[int] = (1024,), max_frames: int = 300) -> None:
-        super().__init__(num_classes, feature_names, feature_sizes)
+                 feature_sizes: Sequence[int] = (1024,), max_frames: int = 300,
+                 require_labels: bool = False) -> None:
+        super().__init__(num_classes, feature_names, feature_sizes, require_labels)
         if max_frames < 1:
             raise UsageError(f"--max_frames={max_frames} must be positive")
         self.max_frames = max_frames
@@ -194,7 +237,7 @@ class YT8MFrameFeatureReader(_BaseReader):
         video_ids = _video_ids(context)
         num_frames = tf.cast(tf.minimum(sequences[self.feature_names[0]].row_lengths(),
                                         self.max_frames), tf.int32)
-        conditions, decoded = [], []
+        conditions, decoded = self._record_conditions(serialized, video_ids), []
         for name, size in zip(self.feature_names, self.feature_sizes, strict=True):
             # [B, frames, strings]; truncated first so dropped frames cost nothing.
             values = sequences[name][:, :self.max_frames]
@@ -220,16 +263,21 @@ Reader = YT8MAggregatedFeatureReader | YT8MFrameFeatureReader
 
 def get_reader(frame_features: bool, feature_names: str | Sequence[str],
                feature_sizes: str | Sequence[int], num_classes: int,
-               max_frames: int = 300) -> Reader:
-    """The reader for the flags; names/sizes may be the comma-separated flag strings."""
+               max_frames: int = 300, require_labels: bool = False) -> Reader:
+    """The reader for the flags; names/sizes may be the comma-separated flag strings.
+
+    ``require_labels`` (train, eval): a record without a `labels` key is an error.
+    """
     if isinstance(feature_names, str) or isinstance(feature_sizes, str):
         feature_names, feature_sizes = app_flags.parse_feature_flags(
             feature_names if isinstance(feature_names, str) else ",".join(feature_names),
             feature_sizes if isinstance(feature_sizes, str)
             else ",".join(map(str, feature_sizes)))
     if frame_features:
-        return YT8MFrameFeatureReader(num_classes, feature_names, feature_sizes, max_frames)
-    return YT8MAggregatedFeatureReader(num_classes, feature_names, feature_sizes)
+        return YT8MFrameFeatureReader(num_classes, feature_names, feature_sizes, max_frames,
+                                      require_labels)
+    return YT8MAggregatedFeatureReader(num_classes, feature_names, feature_sizes,
+                                       require_labels)
 
 
 def _split(pattern: str) -> List[str]:
@@ -287,9 +335,11 @@ def _file_records(file_name: tf.Tensor, skip_corrupt_records: bool) -> tf.data.D
     marked = tf.data.Dataset.zip((chunks, tf.data.Dataset.from_tensors(False).repeat()))
     marked = marked.concatenate(tf.data.Dataset.from_tensors((tf.constant([], tf.string), True)))
 
-    def step(offset, chunk):
+    def step(state, chunk):
+        offset, kept = state
         records, at_end = chunk
         offset += tf.reduce_sum(tf.cast(tf.strings.length(records), tf.int64) + _RECORD_OVERHEAD)
+        kept += tf.size(records, out_type=tf.int64)
         size = tf.cond(at_end, lambda: tf.py_function(_file_size, [file_name], tf.int64),
                        lambda: offset)
         problem = tf.strings.join([
@@ -299,7 +349,10 @@ def _file_records(file_name: tf.Tensor, skip_corrupt_records: bool) -> tf.data.D
             def warn():
                 # PrintV2 prints the string as is (tf.print would quote it).
                 with tf.control_dependencies([tf.raw_ops.PrintV2(
-                        input=tf.strings.join(["WARNING: skipped the rest of a ", problem]),
+                        input=tf.strings.join([
+                            "WARNING: skipped the rest of a ", problem, " (",
+                            tf.strings.as_string(size - offset), " bytes skipped, ",
+                            tf.strings.as_string(kept), " records before them kept)"]),
                         output_stream="stderr")]):
                     return tf.constant(False)
             report = tf.cond(tf.equal(offset, size), lambda: tf.constant(True), warn)
@@ -307,9 +360,10 @@ def _file_records(file_name: tf.Tensor, skip_corrupt_records: bool) -> tf.data.D
             report = tf.debugging.Assert(tf.equal(offset, size), [tf.strings.join(
                 [DATA_ERROR, problem, " (--skip_corrupt_records skips it)"])])
         with tf.control_dependencies([report]):
-            return tf.identity(offset), (records, tf.fill(tf.shape(records), file_name))
+            return (tf.identity(offset), kept), (records, tf.fill(tf.shape(records), file_name))
 
-    return marked.scan(tf.constant(0, tf.int64), step).unbatch()
+    zero = tf.constant(0, tf.int64)
+    return marked.scan((zero, zero), step).unbatch()
 
 
 def build_dataset(reader: Reader, files: Sequence[str], batch_size: int, *, shuffle: bool,

@@ -1,11 +1,26 @@
 """Installs the toolkit as the package ``youtube-8m`` (the repository folder itself).
 
-This is also what ``gcloud ... --package-path=youtube-8m --module-name=youtube-8m.train``
-packages for a cloud training job.
+Every script then runs as ``python -m youtube-8m.<script>``, which is how a
+cloud training job starts it: build the source distribution
+(``python setup.py sdist`` or ``python -m build --sdist``), copy
+``dist/yt8m-toolkit-*.tar.gz`` to Cloud Storage and pass it to
+``gcloud ai custom-jobs create --python-package-uris=...`` with
+``python-module=youtube-8m.train`` (see cloudml-gpu.yaml).  The prebuilt
+TensorFlow containers already hold TensorFlow, numpy and absl-py.
 """
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
-TENSORFLOW = "tensorflow>=2.16,<2.22"  # graph mode via tf.compat.v1; tested on 2.21
+TENSORFLOW_VERSIONS = ">=2.16,<2.22"  # graph mode via tf.compat.v1; tested on 2.21
+
+
+class BuildPy(build_py):
+    """Leaves this file out of the installed package: it builds the package, it is no module."""
+
+    def find_package_modules(self, package, package_dir):
+        return [entry for entry in super().find_package_modules(package, package_dir)
+                if entry[1] != "setup"]
+
 
 setup(
     name="yt8m-toolkit",
@@ -15,9 +30,10 @@ setup(
     python_requires=">=3.10",
     packages=["youtube-8m"],
     package_dir={"youtube-8m": "."},
-    install_requires=[TENSORFLOW, "numpy>=1.26", "absl-py>=2.1"],
+    cmdclass={"build_py": BuildPy},
+    install_requires=[f"tensorflow{TENSORFLOW_VERSIONS}", "numpy>=1.26", "absl-py>=2.1"],
     extras_require={
         "test": ["pytest>=8", "ruff>=0.6", "psutil>=5.9"],
-        "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
+        "gpu": [f"tensorflow[and-cuda]{TENSORFLOW_VERSIONS}"],
     },
 )

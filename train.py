@@ -7,13 +7,19 @@ Checkpoints ``RUN/model.ckpt-<step>`` are written on steps divisible by 10
 (the first such step, then every --export_model_steps, every
 --save_checkpoint_secs, and at the end), all kept, and a rerun resumes from
 the newest one with the graph the current flags describe.
+
+With ``--num_gpu=N`` each step's batch of N x --batch_size videos is split
+over N towers sharing the variables (kept on the CPU), whose gradients are
+averaged, weighted by their examples.  With TF_CONFIG the process is one task
+of a between-graph replicated cluster (see cluster.py).
 """
+import contextlib
 import math
 import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import List
+from typing import Callable, List, Tuple
 
 import tensorflow as tf
 from absl import logging
@@ -21,14 +27,19 @@ from absl import logging
 import app_flags
 import checkpoint_utils
 import cli
+import cluster
 import eval_util
 import fp16_training
 import model_config
 import model_graph
+import performance
 import readers
+import serving_export
 from errors import UsageError
 
 CHECK_EVERY_STEPS = 10
+# Ops that create variables: the towers keep them on the CPU, shared by all.
+_VARIABLE_OPS = frozenset({"VarHandleOp", "VariableV2", "Variable", "AutoReloadVariable"})
 
 
 @dataclass
@@ -44,6 +55,9 @@ class TrainGraph:
     saver: tf.compat.v1.train.Saver
     init_op: tf.Operation
     sync_masters: tf.Operation
+    examples_per_step: int
+    weights_finite: tf.Tensor  # every float variable finite: checked before each save
+    sync: cluster.SyncOps | None = None  # distributed training only
 
 
 def find_optimizer(name: str):
@@ -57,12 +71,32 @@ def find_optimizer(name: str):
 
 
 def tower_devices() -> List[str | None]:
-    """One device per tower: the first --num_gpu GPUs, or the default device."""
-    gpus = tf.config.list_physical_devices("GPU")
-    count = min(app_flags.value("num_gpu"), len(gpus))
-    if count <= 1:
+    """One device per tower: the first --num_gpu GPUs (CPUs with --cpu_towers), or the default.
+
+    A machine with fewer GPUs than --num_gpu trains with as many towers as it
+    has GPUs (one on a CPU-only machine) and says so.
+    """
+    requested = app_flags.value("num_gpu")
+    if requested < 1:
+        raise UsageError(f"--num_gpu={requested} must be at least 1")
+    if app_flags.value("cpu_towers"):
+        return [f"/cpu:{i}" for i in range(requested)] if requested > 1 else [None]
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    count = max(1, min(requested, gpus))
+    if count < requested:
+        logging.warning("--num_gpu=%d but %d GPUs are visible: training with %d tower%s.",
+                        requested, gpus, count, "s" if count > 1 else "")
+    if count == 1:
         return [None]
     return [f"/gpu:{i}" for i in range(count)]
+
+
+def _tower_scope(device: str | None):
+    """Ops of a tower on ``device``, its variables on the CPU (shared by every tower)."""
+    if device is None:
+        return contextlib.nullcontext()
+    return tf.compat.v1.device(
+        lambda op: "/device:CPU:0" if op.type in _VARIABLE_OPS else device)
 
 
 def learning_rate_at(global_step: tf.Tensor, examples_per_step: int) -> tf.Tensor:
@@ -83,12 +117,20 @@ def _split(tensor: tf.Tensor, count: int) -> List[tf.Tensor]:
 
 
 def _average_gradients(tower_grads, tower_weights):
-    """Per-variable float32 gradient averaged over towers, weighted by their examples."""
+    """Per-variable float32 gradient averaged over towers, weighted by their examples.
+
+    A tower left empty by a short last batch has weight 0 and may have NaN
+    gradients (batch norm of no rows): multiply_no_nan drops them.  A single
+    tower's weight is 1: its gradients pass unchanged (no pass over them).
+    """
+    if len(tower_grads) == 1:
+        return [(tf.cast(g, tf.float32), v) for g, v in tower_grads[0] if g is not None]
     averaged = []
     for grads_and_vars in zip(*tower_grads, strict=True):
         var = grads_and_vars[0][1]
-        grads = [tf.cast(g, tf.float32) * w for (g, _), w in zip(grads_and_vars, tower_weights,
-                                                                  strict=True) if g is not None]
+        grads = [tf.math.multiply_no_nan(tf.cast(g, tf.float32), w)
+                 for (g, _), w in zip(grads_and_vars, tower_weights, strict=True)
+                 if g is not None]
         if not grads:
             continue
         averaged.append((tf.add_n(grads), var))
@@ -96,31 +138,50 @@ def _average_gradients(tower_grads, tower_weights):
 
 
 def _clip(grads_and_vars, max_norm: float):
-    """Per-tensor clip_by_norm of the (float32) gradients; max_norm <= 0 disables it."""
+    """Per-tensor clip by norm of the (float32) gradients; max_norm <= 0 disables it.
+
+    g * (max_norm / max(|g|, max_norm)), as tf.clip_by_norm, with |g| from one
+    fused reduction (l2_loss) and one multiply: two passes over each gradient
+    instead of four (the gradients are as large as the model).
+    """
     if max_norm <= 0:
         return grads_and_vars
-    return [(tf.clip_by_norm(g, max_norm), v) for g, v in grads_and_vars]
+    return [(g * (max_norm / tf.maximum(tf.sqrt(2.0 * tf.nn.l2_loss(g)), max_norm)), v)
+            for g, v in grads_and_vars]
 
 
-def build_training_graph(config: model_config.ModelConfig, files: List[str]) -> TrainGraph:
+def build_training_graph(config: model_config.ModelConfig, files: List[str],
+                         task: cluster.Task = cluster.Task(),
+                         dataset_transform: Callable[[tf.data.Dataset], tf.data.Dataset]
+                         | None = None) -> TrainGraph:
+    """The training graph; in a cluster, variables on the ps tasks and the rest on ``task``.
+
+    ``dataset_transform`` (benchmarks) rewrites the input dataset, e.g. to
+    repeat one cached batch and time the step without the input pipeline.
+    """
     devices = tower_devices()
     batch_size = app_flags.value("batch_size")
     graph = tf.Graph()
-    with graph.as_default():
+    with graph.as_default(), task.graph_device_scope(graph):
         seed = app_flags.value("random_seed")
         if seed is not None:
             tf.compat.v1.set_random_seed(seed)
         global_step = model_graph.create_global_step()
         reader = readers.get_reader(config.frame_features, config.feature_names,
                                     config.feature_sizes, config.num_classes,
-                                    app_flags.value("max_frames"))
-        dataset = readers.build_dataset(
-            reader, files, batch_size * len(devices), shuffle=True,
-            num_epochs=app_flags.value("num_epochs"), num_readers=app_flags.value("num_readers"),
-            skip_corrupt_records=app_flags.value("skip_corrupt_records"), seed=seed)
-        batch = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+                                    app_flags.value("max_frames"), require_labels=True)
+        with task.input_device_scope():
+            dataset = readers.build_dataset(
+                reader, files, batch_size * len(devices), shuffle=True,
+                num_epochs=app_flags.value("num_epochs"),
+                num_readers=app_flags.value("num_readers"),
+                skip_corrupt_records=app_flags.value("skip_corrupt_records"), seed=seed)
+            if dataset_transform is not None:
+                dataset = dataset_transform(dataset)
+            batch = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
         learning_rate = learning_rate_at(global_step, batch_size * len(devices))
-        optimizer = find_optimizer(app_flags.value("optimizer"))(learning_rate)
+        optimizer = performance.wrap_optimizer(
+            find_optimizer(app_flags.value("optimizer"))(learning_rate))
         label_loss_fn = model_graph.find_loss(config.label_loss)
 
         labels = tf.cast(batch["labels"], tf.float32)
@@ -129,21 +190,23 @@ def build_training_graph(config: model_config.ModelConfig, files: List[str]) -> 
                      _split(batch["num_frames"], len(devices)),
                      _split(labels, len(devices)), strict=True)
         tower_grads, tower_weights, tower_losses, tower_predictions = [], [], [], []
-        update_ops = []
         for index, (device, (video, frames, tower_labels)) in enumerate(zip(devices, inputs,
                                                                              strict=True)):
-            with tf.device(device):
+            with _tower_scope(device):
                 outputs = model_graph.build_predictions(video, frames, config, is_training=True,
                                                         reuse=index > 0)
-                count = tf.cast(tf.shape(tower_labels)[0], tf.float32)
-                label_loss = model_graph.label_loss(label_loss_fn, outputs.predictions,
-                                                  tower_labels)
-                label_loss = tf.where(count > 0, label_loss, 0.0)
-                loss = label_loss + app_flags.value("regularization_penalty") * \
-                    outputs.regularization_loss
                 if index == 0:
+                    # Towers that reuse the variables add no regularisation losses of their
+                    # own; each tower's loss has the full penalty, so the weighted average of
+                    # the gradients counts it once.  Batch-norm statistics update from tower 0.
+                    regularization = outputs.regularization_loss
                     update_ops = outputs.update_ops
                     variables = tf.compat.v1.trainable_variables()
+                count = tf.cast(tf.shape(tower_labels)[0], tf.float32)
+                label_loss = model_graph.label_loss(label_loss_fn, outputs.predictions,
+                                                    tower_labels)
+                label_loss = tf.where(count > 0, label_loss, 0.0)  # an empty last-batch tower
+                loss = label_loss + app_flags.value("regularization_penalty") * regularization
                 tower_grads.append(optimizer.compute_gradients(loss, variables))
                 tower_weights.append(count / total)
                 tower_losses.append(label_loss * count / total)
@@ -155,14 +218,18 @@ def build_training_graph(config: model_config.ModelConfig, files: List[str]) -> 
         with tf.control_dependencies([train_op]):
             step_after_train = global_step.read_value()
         saver = tf.compat.v1.train.Saver(max_to_keep=None, save_relative_paths=True)
+        weights_finite = tf.reduce_all([
+            tf.reduce_all(tf.math.is_finite(v)) for v in tf.compat.v1.global_variables()
+            if v.dtype.base_dtype.is_floating])
+        sync = cluster.build_sync_ops() if task.distributed else None
         init_op = tf.group(tf.compat.v1.global_variables_initializer(),
                            tf.compat.v1.local_variables_initializer())
     return TrainGraph(graph=graph, global_step=global_step, step_after_train=step_after_train,
-                      train_op=train_op, label_loss=tf.add_n(tower_losses) if len(tower_losses) > 1
-                      else tower_losses[0], learning_rate=learning_rate,
-                      predictions=tf.concat(tower_predictions, 0) if len(tower_predictions) > 1
-                      else tower_predictions[0], labels=labels, saver=saver, init_op=init_op,
-                      sync_masters=sync_masters)
+                      train_op=train_op, label_loss=tf.add_n(tower_losses),
+                      learning_rate=learning_rate, predictions=tf.concat(tower_predictions, 0),
+                      labels=labels, saver=saver, init_op=init_op,
+                      sync_masters=sync_masters, examples_per_step=batch_size * len(devices),
+                      weights_finite=weights_finite, sync=sync)
 
 
 class CheckpointSchedule:
@@ -172,8 +239,10 @@ class CheckpointSchedule:
         self.last_step = last_saved_step
         self.last_time = time.time()
 
-    def due(self, step: int) -> bool:
-        if step % CHECK_EVERY_STEPS:
+    def due(self, step: int, previous_step: int) -> bool:
+        """Checked when the step passes a multiple of 10: every such step in one process;
+        in a cluster, where the other tasks' steps count too, the first step past it."""
+        if step // CHECK_EVERY_STEPS == previous_step // CHECK_EVERY_STEPS:
             return False
         if self.last_step is None:
             return True
@@ -224,29 +293,37 @@ def restore_saver(tg: TrainGraph, checkpoint: str) -> tf.compat.v1.train.Saver:
     (optimizer slots, float32 masters: e.g. resuming from an averaged
     checkpoint) starts fresh, with a warning.
     """
-    stored = checkpoint_utils.open_checkpoint(checkpoint).get_variable_to_shape_map()
     variables = tg.graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
-    names = [v.op.name for v in variables]
-    hint = "use the flags it was trained with, or --start_new_model"
-    for var in variables:
-        name = var.op.name
-        if name in stored and list(stored[name]) != var.shape.as_list():
-            raise UsageError(f"checkpoint {checkpoint} has {name} with shape {stored[name]} but "
-                             f"the flags give {var.shape.as_list()}; {hint}")
-    missing = [n for n in names if n not in stored]
-    missing_model = [n for n in missing if checkpoint_utils.is_model_variable(n, names)]
-    if missing_model:
-        raise UsageError(f"checkpoint {checkpoint} lacks {len(missing_model)} variables of the "
-                         f"graph the flags describe (e.g. {missing_model[0]}); {hint}")
+    present = checkpoint_utils.restorable_variables(
+        checkpoint, variables, "use the flags it was trained with, or --start_new_model")
+    present_names = {v.op.name for v in present}
+    missing = [v.op.name for v in variables if v.op.name not in present_names]
     if missing:
         logging.warning("%s has no training state for %d variables (e.g. %s); it starts fresh.",
                         checkpoint, len(missing), missing[0])
     with tg.graph.as_default():
-        return tf.compat.v1.train.Saver([v for v in variables if v.op.name in stored])
+        return tf.compat.v1.train.Saver(present)
+
+
+def _session_config() -> tf.compat.v1.ConfigProto:
+    config = tf.compat.v1.ConfigProto(
+        allow_soft_placement=True, log_device_placement=app_flags.value("log_device_placement"))
+    if app_flags.value("cpu_towers"):
+        config.device_count["CPU"] = max(1, app_flags.value("num_gpu"))
+    return performance.session_config(config)
 
 
 def train() -> None:
+    task = cluster.from_environment()
+    if task.is_evaluator:
+        logging.info("TF_CONFIG makes this an evaluator task, which train.py leaves idle: run "
+                     "eval.py (without --run_once) to evaluate the checkpoints as they appear.")
+        return
+    if task.is_ps:
+        task.start_server(_session_config()).join()  # serves the variables until killed
+        return
     train_dir = app_flags.value("train_dir")
+    stop = _StopRequest()  # from here on, SIGTERM leads to a final checkpoint
     config = model_config.from_flags()
     model_graph.find_model_class(config.model)
     model_graph.find_loss(config.label_loss)
@@ -254,52 +331,96 @@ def train() -> None:
     app_flags.ensemble_members()
     if not app_flags.value("train_data_pattern"):
         raise UsageError("--train_data_pattern is required")
-    files = readers.resolve_data_files(app_flags.value("train_data_pattern"),
-                                       app_flags.value("exclude_data_pattern"),
-                                       flag_name="train_data_pattern")
-    if app_flags.value("start_new_model") and tf.io.gfile.exists(train_dir):
-        logging.info("--start_new_model: removing %s", train_dir)
-        tf.io.gfile.rmtree(train_dir)
-    model_config.check_or_write(train_dir, config)
+    files = task.shard_files(readers.resolve_data_files(
+        app_flags.value("train_data_pattern"), app_flags.value("exclude_data_pattern"),
+        flag_name="train_data_pattern"))
+    if task.is_chief:
+        if app_flags.value("start_new_model") and tf.io.gfile.exists(train_dir):
+            logging.info("--start_new_model: removing %s", train_dir)
+            tf.io.gfile.rmtree(train_dir)
+        checkpoint_utils.check_writable(train_dir, "train_dir", is_directory=True)
+        model_config.check_or_write(train_dir, config)
     logging.info("Training on %d files: %s%s", len(files), ", ".join(files[:3]),
                  " ..." if len(files) > 3 else "")
 
-    tg = build_training_graph(config, files)
-    checkpoint = resume_checkpoint(train_dir)
-    session_config = tf.compat.v1.ConfigProto(
-        allow_soft_placement=True, log_device_placement=app_flags.value("log_device_placement"))
-    stop = _StopRequest()
-    with tf.compat.v1.Session(graph=tg.graph, config=session_config) as sess:
-        sess.run(tg.init_op)
-        if checkpoint:
-            restore_saver(tg, checkpoint).restore(sess, checkpoint)
-            sess.run(tg.sync_masters)
-            logging.info("Resumed from %s", checkpoint)
-        step = int(sess.run(tg.global_step))
+    tg = build_training_graph(config, files, task)
+    checkpoint = resume_checkpoint(train_dir) if task.is_chief else None
+    target = task.start_server(_session_config()).target if task.distributed else ""
+    start_time = time.time()
+    with tf.compat.v1.Session(target, graph=tg.graph,
+                              config=task.session_config(_session_config())) as sess:
+        if task.is_chief:
+            _initialise(sess, tg, task, checkpoint)
+        else:
+            cluster.wait_for_chief(sess, tg.sync)
         tg.graph.finalize()
-        _train_loop(sess, tg, train_dir, step, checkpoint is not None, stop)
+        schedule = None
+        if task.is_chief:
+            schedule = CheckpointSchedule(int(sess.run(tg.global_step)) if checkpoint else None)
+        steps_run, step = _train_loop(sess, tg, train_dir, schedule, stop)
+        if schedule:
+            step = _finish_as_chief(sess, tg, train_dir, schedule, stop, task)
+            if stop.requested:
+                logging.warning("Stopped by SIGTERM at step %d, saved as %s; the same command "
+                                "resumes from there.", step,
+                                os.path.join(train_dir, f"model.ckpt-{step}"))
+        else:
+            sess.run(tg.sync.mark_worker_done)
+    logging.info("This task trained %d steps in %.1f s; global step %d.", steps_run,
+                 time.time() - start_time, step)
 
 
-def _save(sess, tg: TrainGraph, train_dir: str, step: int, schedule: CheckpointSchedule) -> None:
+def _initialise(sess, tg: TrainGraph, task: cluster.Task, checkpoint: str | None) -> None:
+    """The chief's start: fresh variables, then the checkpoint's values if resuming."""
+    sess.run(tg.init_op)
+    if checkpoint:
+        with task.graph_device_scope(tg.graph):  # the restore ops run on the chief
+            saver = restore_saver(tg, checkpoint)
+        saver.restore(sess, checkpoint)
+        sess.run(tg.sync_masters)
+        logging.info("Resumed from %s", checkpoint)
+    if tg.sync:
+        sess.run(tg.sync.mark_chief_ready)
+
+
+def _save(sess, tg: TrainGraph, train_dir: str, schedule: CheckpointSchedule) -> int:
+    """Saves model.ckpt-<global step> (read now: in a cluster the workers move it too)."""
+    step, finite = sess.run([tg.global_step, tg.weights_finite])
+    if not finite:
+        raise _diverged(f"the weights became NaN or Inf by step {step}", train_dir)
     path = checkpoint_utils.save_atomically(
         tg.saver, sess, os.path.join(train_dir, "model.ckpt"), global_step=step,
         record_in_state=True)
     schedule.saved(step)
     logging.info("Saved checkpoint %s", path)
+    if app_flags.value("export_saved_model"):
+        export_dir = serving_export.export_saved_model(
+            path, model_config.from_flags(), os.path.join(train_dir, "export", f"step_{step}"))
+        logging.info("Exported the SavedModel %s", export_dir)
+    return step
 
 
-def _train_loop(sess, tg: TrainGraph, train_dir: str, step: int, resumed: bool,
-                stop: _StopRequest) -> None:
+def _diverged(what: str, train_dir: str) -> UsageError:
+    """The error that stops a run gone NaN/Inf, before anything non-finite is saved."""
+    last = checkpoint_utils.latest_checkpoint(train_dir)
+    return UsageError(f"{what}; stopped without saving. Last good checkpoint: "
+                      f"{last or 'none'}. Lower --base_learning_rate or check the data.")
+
+
+def _train_loop(sess, tg: TrainGraph, train_dir: str, schedule: CheckpointSchedule | None,
+                stop: _StopRequest) -> Tuple[int, int]:
+    """Trains until --max_steps, the end of the data or SIGTERM: (steps run here, global step).
+
+    Only the chief (with a ``schedule``) writes checkpoints and summaries.
+    """
     max_steps = app_flags.value("max_steps")
-    batch_size = app_flags.value("batch_size")
-    schedule = CheckpointSchedule(step if resumed else None)
-    writer = tf.compat.v1.summary.FileWriter(train_dir)
-    start_time, start_step = time.time(), step
-    examples_since = 0
+    writer = tf.compat.v1.summary.FileWriter(train_dir) if schedule else None
+    step = int(sess.run(tg.global_step))
+    steps_run = examples_since = 0
     last_log = time.time()
     try:
         while not stop.requested and (max_steps is None or step < max_steps):
-            log_now = (step + 1) % CHECK_EVERY_STEPS == 0
+            log_now = (steps_run + 1) % CHECK_EVERY_STEPS == 0
             fetches = [tg.step_after_train, tg.label_loss]
             if log_now:
                 fetches += [tg.predictions, tg.labels, tg.learning_rate]
@@ -309,14 +430,11 @@ def _train_loop(sess, tg: TrainGraph, train_dir: str, step: int, resumed: bool,
                 logging.info("Done: %d epochs of training data read.",
                              app_flags.value("num_epochs"))
                 break
-            step, loss = int(values[0]), float(values[1])
-            examples_since += batch_size
+            previous_step, step, loss = step, int(values[0]), float(values[1])
+            steps_run += 1
+            examples_since += tg.examples_per_step
             if not math.isfinite(loss):
-                last = checkpoint_utils.latest_checkpoint(train_dir)
-                raise UsageError(
-                    f"the loss became {loss} at step {step}; stopped without saving. "
-                    f"Last good checkpoint: {last or 'none'}. Lower --base_learning_rate "
-                    "or check the data.")
+                raise _diverged(f"the loss became {loss} at step {step}", train_dir)
             if log_now:
                 predictions, labels, rate = values[2], values[3], values[4]
                 elapsed = max(time.time() - last_log, 1e-9)
@@ -331,18 +449,39 @@ def _train_loop(sess, tg: TrainGraph, train_dir: str, step: int, resumed: bool,
                     "step %d | loss %.4f | %.1f examples/sec | Hit@1 %.3f PERR %.3f GAP %.3f "
                     "| lr %.3g%s", step, loss, speed, metrics["hit_at_one"], metrics["perr"],
                     metrics["gap"], rate, f" / {max_steps}" if max_steps else "")
-                _summary(writer, step, {"loss": loss, "learning_rate": rate,
-                                        "examples_per_second": speed,
-                                        **{f"train/{k}": v for k, v in metrics.items()}})
+                if writer:
+                    _summary(writer, step, {"loss": loss, "learning_rate": rate,
+                                            "examples_per_second": speed,
+                                            **{f"train/{k}": v for k, v in metrics.items()}})
                 examples_since, last_log = 0, time.time()
-            if schedule.due(step):
-                _save(sess, tg, train_dir, step, schedule)
+            if schedule and schedule.due(step, previous_step):
+                _save(sess, tg, train_dir, schedule)
     finally:
-        writer.close()
+        if writer:
+            writer.close()
+    return steps_run, step
+
+
+def _finish_as_chief(sess, tg: TrainGraph, train_dir: str, schedule: CheckpointSchedule,
+                     stop: _StopRequest, task: cluster.Task) -> int:
+    """Waits for the workers (saving on schedule meanwhile), then saves the final step.
+
+    So the last checkpoint holds every task's steps.  Returns the global step.
+    """
+    workers = task.num_training_tasks - 1
+    step = int(sess.run(tg.global_step))
+    if workers:
+        def finished() -> bool:
+            nonlocal step
+            previous_step, step = step, int(sess.run(tg.global_step))
+            if schedule.due(step, previous_step):
+                _save(sess, tg, train_dir, schedule)
+            return stop.requested or int(sess.run(tg.sync.workers_done)) >= workers
+        cluster.poll_until(finished, f"{workers} worker(s) to finish")
+        step = int(sess.run(tg.global_step))
     if schedule.last_step != step:
-        _save(sess, tg, train_dir, step, schedule)
-    elapsed = time.time() - start_time
-    logging.info("Trained %d steps in %.1f s; final step %d.", step - start_step, elapsed, step)
+        step = _save(sess, tg, train_dir, schedule)
+    return step
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """Shared test helpers: run a script of the repo, write small TFRecord files."""
 import os
+import re
 import subprocess
 import sys
 from typing import Dict, Iterable, Mapping
@@ -67,3 +68,10 @@ def write_examples(path: str, videos: Iterable[Mapping], id_key: str = "id") -> 
                     value=np.asarray(values, np.float32).ravel()))
             writer.write(tf.train.Example(
                 features=tf.train.Features(feature=features)).SerializeToString())
+
+
+def size_report_totals(stdout: str) -> tuple:
+    """(bytes as stored, bytes all in float32) from checkpoint_size.py's report."""
+    match = re.search(r"total as stored: ([\d,]+) bytes .*all float32: ([\d,]+) bytes", stdout)
+    assert match, stdout
+    return tuple(int(g.replace(",", "")) for g in match.groups())

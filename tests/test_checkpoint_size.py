@@ -1,4 +1,4 @@
-"""checkpoint_size: bytes per member and block, float32 vs float16, the 1 GB limit."""
+"""checkpoint_size: bytes per member and block, float32 vs float16, the 1 GiB limit."""
 import os
 
 import numpy as np
@@ -74,18 +74,18 @@ def test_report_counts_the_bytes_of_the_tensors(checkpoint):
 
 def test_report_from_shapes_flags_the_1gb_limit():
     report = checkpoint_size.size_report_from_shapes({
-        "tower/experts/weights": ([20000, 10000], "float32"),
+        "tower/experts/weights": ([30000, 10000], "float32"),
         "tower/model1/gates/weights": ((10000, 10000), np.float16),
         "global_step": ([], tf.int32),
     })
-    assert report["total_bytes"] == 20000 * 10000 * 4 + 10000 * 10000 * 2 + 4
-    assert report["float16_bytes"] == 30000 * 10000 * 2 + 4
-    assert report["over_limit"] and report["limit_bytes"] == 10 ** 9
+    assert report["total_bytes"] == 30000 * 10000 * 4 + 10000 * 10000 * 2 + 4
+    assert report["float16_bytes"] == 40000 * 10000 * 2 + 4
+    assert report["over_limit"] and report["limit_bytes"] == 2 ** 30
     text = checkpoint_size.format_report(report)
-    assert "OVER the 1 GB limit" in text.splitlines()[-1]
+    assert "OVER the 1 GiB limit" in text.splitlines()[-1]
     under = checkpoint_size.size_report_from_shapes({"tower/w": ([10], tf.float16)})
     assert not under["over_limit"]
-    assert "under the 1 GB limit" in checkpoint_size.format_report(under)
+    assert "under the 1 GiB limit" in checkpoint_size.format_report(under)
 
 
 def test_cli_prints_the_report(checkpoint):
@@ -94,4 +94,4 @@ def test_cli_prints_the_report(checkpoint):
     assert result.returncode == 0, result.stderr
     total = sum(a.nbytes for a in _tensors(checkpoint).values())
     assert f"total as stored: {total:,} bytes" in result.stdout
-    assert "video_VLAD" in result.stdout and "OK: under the 1 GB limit" in result.stdout
+    assert "video_VLAD" in result.stdout and "OK: under the 1 GiB limit" in result.stdout

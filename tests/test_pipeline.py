@@ -214,3 +214,17 @@ def test_inference_refuses_both_model_sources(sample_data, trained, tmp_path):
     assert result.returncode != 0
     assert "not both" in result.stderr
     assert not os.path.exists(tmp_path / "x.csv")
+
+
+def test_eval_refuses_a_checkpoint_of_another_shape(sample_data, trained, tmp_path):
+    run_dir, _ = trained
+    copy = str(tmp_path / "run")
+    shutil.copytree(run_dir, copy)
+    flags = [f for f in MODEL_FLAGS if not f.startswith("--netvlad_cluster_size")]
+    result = run_script("eval", f"--train_dir={copy}", "--checkpoint=model.ckpt-20",
+                        "--create_meta_only", "--netvlad_cluster_size=8", *flags)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ERROR:") and "model.ckpt-20" in last and "shape" in last
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(os.path.join(copy, "inference_model_20.index"))

@@ -1,0 +1,53 @@
+"""benchmarks/run.py --quick keeps working: it runs every benchmark and writes its JSON.
+
+No timing is asserted (the figures depend on the machine and its load), only
+that every figure is there and positive, and that the metrics agree.
+"""
+import json
+
+from helpers import run_script
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and value > 0
+
+
+def test_quick_run_writes_every_figure(tmp_path):
+    output = tmp_path / "results.json"
+    result = run_script("benchmarks/run", "--quick", f"--output={output}",
+                        f"--data_dir={tmp_path / 'data'}", timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "| benchmark | result |" in result.stdout
+    results = json.loads(output.read_text())
+
+    assert results["quick"] is True
+    assert results["machine"]["nproc"] >= 1 and results["machine"]["tensorflow"]
+    [training] = results["training"]
+    for key in ("flops_per_example", "mfu", "records_over_memory"):
+        assert _positive(training[key]), key
+    for feed in ("memory_examples_per_sec", "records_examples_per_sec"):
+        assert _positive(training[feed]["best"]) and _positive(training[feed]["median"])
+    assert _positive(training["matmul_flops_per_sec"]["best"])
+
+    pipeline = results["pipeline"]
+    assert _positive(pipeline["parsed_videos_per_sec"]["best"])
+    assert _positive(pipeline["raw_records_per_sec"]["best"])
+    assert _positive(pipeline["parsed_over_raw"]) and _positive(pipeline["parsed_over_training"])
+
+    metrics = results["metrics"]
+    runs = metrics["implementations"]
+    assert set(runs) == {"numpy", "graph_top_k", "heap_reference"}
+    for run in runs.values():
+        assert _positive(run["seconds"])
+        assert abs(run["gap"] - runs["heap_reference"]["gap"]) <= 1e-9
+        assert abs(run["map"] - runs["heap_reference"]["map"]) <= 1e-9
+    assert 0 < runs["numpy"]["gap"] < 1
+    assert _positive(runs["numpy"]["peak_traced_bytes"])
+    assert _positive(metrics["speedup_numpy"]) and _positive(metrics["speedup_graph_top_k"])
+
+    videos = results["settings"]["shards"] * results["settings"]["videos_per_shard"]
+    for script in ("inference", "eval"):
+        run = results[script]
+        assert run["videos"] == videos, script
+        for key in ("videos_per_sec", "wall_seconds", "peak_rss_bytes"):
+            assert _positive(run[key]), (script, key)
