@@ -21,6 +21,7 @@ import checkpoint_utils
 import cli
 import eval_util
 import export
+import input_pipeline
 import model_config
 import model_graph
 import readers
@@ -49,13 +50,8 @@ def build_eval_graph(config: model_config.ModelConfig, files) -> EvalGraph:
             model_graph.build_predictions(raw, num_frames, config, is_training=False)
             saver = tf.compat.v1.train.Saver(model_graph.model_variables())
             return EvalGraph(graph, global_step, saver, None, None, None)
-        reader = readers.get_reader(config.frame_features, config.feature_names,
-                                    config.feature_sizes, config.num_classes,
-                                    app_flags.value("max_frames"), require_labels=True)
-        dataset = readers.build_dataset(
-            reader, files, app_flags.value("batch_size"), shuffle=False, num_epochs=1,
-            num_readers=app_flags.value("num_readers"),
-            skip_corrupt_records=app_flags.value("skip_corrupt_records"))
+        dataset = input_pipeline.dataset_for(config, files, app_flags.value("batch_size"),
+                                             shuffle=False, num_epochs=1, require_labels=True)
         iterator = tf.compat.v1.data.make_initializable_iterator(dataset)
         batch = iterator.get_next()
         outputs = model_graph.build_predictions(batch["video_matrix"], batch["num_frames"],

@@ -23,6 +23,7 @@ import app_flags
 import checkpoint_utils
 import cli
 import export
+import input_pipeline
 import model_config
 import model_graph
 import readers
@@ -117,13 +118,8 @@ def run_inference() -> None:
         tf.io.gfile.GFile(os.path.join(model_dir, name + ".meta"), "rb").read())
     graph = tf.Graph()
     with graph.as_default():
-        reader = readers.get_reader(config.frame_features, config.feature_names,
-                                    config.feature_sizes, config.num_classes,
-                                    app_flags.value("max_frames"))
-        dataset = readers.build_dataset(
-            reader, files, app_flags.value("batch_size"), shuffle=False, num_epochs=1,
-            num_readers=app_flags.value("num_readers"),
-            skip_corrupt_records=app_flags.value("skip_corrupt_records"))
+        dataset = input_pipeline.dataset_for(config, files, app_flags.value("batch_size"),
+                                             shuffle=False, num_epochs=1)
         batch = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
         input_map = {
             _collection_tensor_name(meta, model_graph.INPUT_COLLECTION): batch["video_matrix"],

@@ -39,6 +39,7 @@ import app_flags
 import build_ensemble
 import checkpoint_utils
 import eval_util
+import input_pipeline
 import model_config
 import model_graph
 import readers
@@ -59,13 +60,8 @@ def collect_predictions(config: model_config.ModelConfig, files: Sequence[str],
     """Every member's predictions [videos, classes] (float32) and the labels (bool)."""
     graph = tf.Graph()
     with graph.as_default():
-        reader = readers.get_reader(config.frame_features, config.feature_names,
-                                    config.feature_sizes, config.num_classes,
-                                    app_flags.value("max_frames"))
-        dataset = readers.build_dataset(
-            reader, files, app_flags.value("batch_size"), shuffle=False, num_epochs=1,
-            num_readers=app_flags.value("num_readers"),
-            skip_corrupt_records=app_flags.value("skip_corrupt_records"))
+        dataset = input_pipeline.dataset_for(config, files, app_flags.value("batch_size"),
+                                             shuffle=False, num_epochs=1)
         batch = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
         outputs = model_graph.build_predictions(batch["video_matrix"], batch["num_frames"],
                                                 config, is_training=False)

@@ -30,6 +30,7 @@ import cli
 import cluster
 import eval_util
 import fp16_training
+import input_pipeline
 import model_config
 import model_graph
 import performance
@@ -167,15 +168,10 @@ def build_training_graph(config: model_config.ModelConfig, files: List[str],
         if seed is not None:
             tf.compat.v1.set_random_seed(seed)
         global_step = model_graph.create_global_step()
-        reader = readers.get_reader(config.frame_features, config.feature_names,
-                                    config.feature_sizes, config.num_classes,
-                                    app_flags.value("max_frames"), require_labels=True)
         with task.input_device_scope():
-            dataset = readers.build_dataset(
-                reader, files, batch_size * len(devices), shuffle=True,
-                num_epochs=app_flags.value("num_epochs"),
-                num_readers=app_flags.value("num_readers"),
-                skip_corrupt_records=app_flags.value("skip_corrupt_records"), seed=seed)
+            dataset = input_pipeline.dataset_for(
+                config, files, batch_size * len(devices), shuffle=True,
+                num_epochs=app_flags.value("num_epochs"), require_labels=True, seed=seed)
             if dataset_transform is not None:
                 dataset = dataset_transform(dataset)
             batch = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
