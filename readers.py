@@ -228,6 +228,15 @@ class YT8MFrameFeatureReader(_BaseReader):
              f"feature {name} frames are not single strings of {size} bytes (--feature_sizes)"),
         ]
 
+    def _truncated(self, frames: tf.RaggedTensor) -> tf.RaggedTensor:
+        """The first max_frames frames of each video.
+
+        Slicing a ragged tensor copies every frame's string, so it is done
+        only for batches that have a longer video.
+        """
+        return tf.cond(tf.reduce_max(frames.row_lengths()) > self.max_frames,
+                       lambda: frames[:, :self.max_frames], lambda: frames)
+
     def prepare_serialized_examples(self, serialized: tf.Tensor,
                                     file_names: tf.Tensor | None = None) -> Dict[str, tf.Tensor]:
         context, sequences, _ = tf.io.parse_sequence_example(
@@ -240,7 +249,7 @@ class YT8MFrameFeatureReader(_BaseReader):
         conditions, decoded = self._record_conditions(serialized, video_ids), []
         for name, size in zip(self.feature_names, self.feature_sizes, strict=True):
             # [B, frames, strings]; truncated first so dropped frames cost nothing.
-            values = sequences[name][:, :self.max_frames]
+            values = self._truncated(sequences[name])
             conditions += self._frame_conditions(name, size, values, num_frames)
             decoded.append(values.flat_values)
         with tf.control_dependencies(_checks(conditions, video_ids, file_names)):

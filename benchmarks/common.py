@@ -8,6 +8,9 @@ import sys
 import time
 from typing import Dict, List, Sequence
 
+import tensorflow as tf
+
+import make_sample_data
 from benchmarks import peak_memory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,10 +29,11 @@ class Settings:
     frames: int = 300
     shards: int = 8
     videos_per_shard: int = 192
-    # Training: warm-up steps, then `rounds` timed blocks of `steps` steps per feed.
+    # Training: warm-up steps, then `rounds` rounds of a matmul block and `steps`
+    # timed steps per feed (training_bench.measure).
     warmup_steps: int = 2
-    rounds: int = 3
-    steps: int = 3
+    rounds: int = 5
+    steps: int = 2
     matmul_size: int = 4096
     # Metrics benchmark.
     metric_videos: int = 100_000
@@ -90,7 +94,6 @@ def _cpu_flags() -> List[str]:
 
 def machine() -> Dict[str, object]:
     """What the figures were measured on."""
-    import tensorflow as tf
     gpus = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
             for gpu in tf.config.list_physical_devices("GPU")]
     flags = _cpu_flags()
@@ -112,19 +115,17 @@ def sample_data(data_dir: str, settings: Settings) -> List[str]:
     make_sample_data writes the same bytes for the same arguments, so a folder
     named after them can be reused; a marker file says it is complete.
     """
-    import make_sample_data
-    folder = os.path.join(data_dir, f"c{settings.num_classes}_f{settings.frames}_"
-                                    f"{settings.shards}x{settings.videos_per_shard}")
-    marker = os.path.join(folder, "COMPLETE")
-    if not os.path.exists(marker):
+    folder = f"{data_dir.rstrip('/')}/c{settings.num_classes}_f{settings.frames}_" \
+             f"{settings.shards}x{settings.videos_per_shard}"
+    marker = f"{folder}/COMPLETE"
+    if not tf.io.gfile.exists(marker):
         make_sample_data.write_sample_data(
             folder, num_classes=settings.num_classes, videos_per_shard=settings.videos_per_shard,
             num_train_shards=settings.shards, num_validate_shards=0, num_test_shards=0,
             min_video_frames=settings.frames, max_video_frames=settings.frames, seed=0)
-        with open(marker, "w", encoding="utf-8") as done:
+        with tf.io.gfile.GFile(marker, "w") as done:
             done.write("ok\n")
-    return sorted(os.path.join(folder, "frame", name)
-                  for name in os.listdir(os.path.join(folder, "frame")))
+    return sorted(tf.io.gfile.glob(f"{folder}/frame/train*.tfrecord"))
 
 
 @dataclasses.dataclass

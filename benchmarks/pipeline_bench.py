@@ -1,6 +1,6 @@
 """Benchmark 2: the frame-level input pipeline vs reading the raw TFRecord bytes.
 
-Parsed: readers.build_dataset exactly as train.py builds it (shuffled,
+Parsed: input_pipeline.dataset_for exactly as train.py builds it (shuffled,
 --num_readers files interleaved, batched parsing), counting videos per
 second; the batches stay in the graph (only their size is fetched), as in
 training.  Raw: tf.data.TFRecordDataset over the same files, batched, with
@@ -14,10 +14,9 @@ from typing import Dict, List
 
 import tensorflow as tf
 
-import app_flags
+import input_pipeline
 import model_config
 import performance
-import readers
 from benchmarks import common
 
 _V1 = tf.compat.v1
@@ -46,20 +45,16 @@ def _raw(files: List[str], batch_size: int, batches: int, rounds: int,
         dataset = tf.data.TFRecordDataset(files).repeat().batch(batch_size).prefetch(2)
         batch = _V1.data.make_one_shot_iterator(dataset).get_next()
         result = _rate(tf.size(batch), batches, rounds, warmup=batches)
-    bytes_per_record = sum(os.path.getsize(path) for path in files) / records
+    bytes_per_record = sum(tf.io.gfile.stat(path).length for path in files) / records
     result["megabytes_per_sec"] = result["best"] * bytes_per_record / 2**20
     return result
 
 
 def _parsed(files: List[str], batch_size: int, batches: int, rounds: int) -> Dict[str, object]:
-    config = model_config.from_flags()
     with tf.Graph().as_default():
-        reader = readers.get_reader(config.frame_features, config.feature_names,
-                                    config.feature_sizes, config.num_classes,
-                                    app_flags.value("max_frames"), require_labels=True)
-        dataset = readers.build_dataset(reader, files, batch_size, shuffle=True,
-                                        num_epochs=None,
-                                        num_readers=app_flags.value("num_readers"), seed=1)
+        dataset = input_pipeline.dataset_for(model_config.from_flags(), files, batch_size,
+                                             shuffle=True, num_epochs=None,
+                                             require_labels=True, seed=1)
         batch = _V1.data.make_one_shot_iterator(dataset).get_next()
         return _rate(tf.shape(batch["video_matrix"])[0], batches, rounds, warmup=2)
 

@@ -17,6 +17,7 @@ into --data_dir and reused.  Other programs running at the same time slow the
 figures down: each is the best of several timed blocks (medians in the JSON).
 """
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -79,8 +80,7 @@ def run(args: argparse.Namespace) -> dict:
     tf.compat.v1.disable_eager_execution()
     app_flags.FLAGS(["benchmarks/run.py", *settings.train_flags()])
     machine = common.machine()
-    results = {"machine": machine, "quick": args.quick,
-               "settings": {k: v for k, v in vars(settings).items()}}
+    results = {"machine": machine, "quick": args.quick, "settings": dataclasses.asdict(settings)}
     files = common.sample_data(args.data_dir, settings)
     training_rate = None
     if "training" in sections:
@@ -128,7 +128,8 @@ def table(results: dict) -> str:
             (f"model FLOP utilisation{tag}", f"{train['mfu']:.2f} of "
              f"{train['matmul_flops_per_sec']['best'] / 1e9:.0f} GFLOP/s "
              f"{'float32' if precision == 'none' else precision} matmul "
-             f"({train['flops_per_example'] / 1e9:.2f} GFLOP/example)"),
+             f"({train['flops_per_example'] / 1e9:.2f} GFLOP/example; per-round median "
+             f"{train['mfu_paired_median']:.2f})"),
         ]
     if "pipeline" in results:
         pipe = results["pipeline"]
@@ -171,15 +172,14 @@ def main() -> None:
     start = time.perf_counter()
     results = run(args)
     results["seconds"] = time.perf_counter() - start
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     machine = results["machine"]
     print(f"Machine: {machine['nproc']} cores, {machine['cpu']}, "
           f"GPUs: {', '.join(machine['gpus']) or 'none'}, TensorFlow {machine['tensorflow']}")
     print(table(results))
     print(f"({results['seconds']:.0f} s; written to {args.output})")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as out:
-        json.dump(results, out, indent=1)
-        out.write("\n")
+    with tf.io.gfile.GFile(args.output, "w") as out:
+        out.write(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

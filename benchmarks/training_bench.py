@@ -6,10 +6,10 @@ pipeline runs) and end to end from the TFRecords.  MFU = analytic matmul
 FLOPs per example (benchmarks/flops.py) x examples/sec / the FLOP/s of a
 large float32 matmul measured in the same process with the same session
 settings.  The machine may be shared, so each figure is the best of several
-timed blocks of steps (the median is reported too), and the matmul rate is
-measured before, between and after the training blocks.
+timed steps (the median is reported too); see :func:`measure` for the order.
 """
 import os
+import statistics
 import time
 from typing import Callable, Dict, List
 
@@ -36,7 +36,11 @@ def _matmul(size: int, dtype: tf.DType):
 
 
 class MatmulRate:
-    """FLOP/s of a large dense matmul, sampled whenever asked (best of the samples wins)."""
+    """FLOP/s of a large dense matmul, sampled in blocks of about one training step's length.
+
+    A block as long as a step sees the same share of a busy machine as the step
+    does, so their ratio (MFU) holds up better than a burst of short samples.
+    """
 
     def __init__(self, size: int, dtype: tf.DType = tf.float32):
         self.size = size
@@ -46,11 +50,13 @@ class MatmulRate:
         self._session.run(self._fetch)
         self.samples: List[float] = []
 
-    def sample(self, repeats: int = 3) -> None:
-        for _ in range(repeats):
-            start = time.perf_counter()
+    def sample(self, seconds: float) -> float:
+        count, start = 0, time.perf_counter()
+        while count == 0 or time.perf_counter() - start < seconds:
             self._session.run(self._fetch)
-            self.samples.append(2 * self.size ** 3 / (time.perf_counter() - start))
+            count += 1
+        self.samples.append(count * 2 * self.size ** 3 / (time.perf_counter() - start))
+        return self.samples[-1]
 
     def close(self) -> None:
         self._session.close()
@@ -61,49 +67,72 @@ def _cached_batch(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.take(1).cache().repeat()
 
 
-def _time_steps(settings: common.Settings, config: model_config.ModelConfig,
-                files: List[str], transform: Callable | None,
-                between_blocks: Callable[[], None]) -> Dict[str, object]:
-    """Examples/sec of timed blocks of training steps (after warm-up steps)."""
-    tg = train.build_training_graph(config, files, dataset_transform=transform)
-    fetches = [tg.step_after_train, tg.label_loss]
-    rates, cpu = [], []
-    with _V1.Session(graph=tg.graph, config=performance.session_config()) as sess:
-        sess.run(tg.init_op)
-        tg.graph.finalize()
+class _Trainer:
+    """train.py's training graph in a session, after warm-up steps; times single steps."""
+
+    def __init__(self, settings: common.Settings, config: model_config.ModelConfig,
+                 files: List[str], transform: Callable | None):
+        self.tg = train.build_training_graph(config, files, dataset_transform=transform)
+        self._fetches = [self.tg.step_after_train, self.tg.label_loss]
+        self._session = _V1.Session(graph=self.tg.graph, config=performance.session_config())
+        self._session.run(self.tg.init_op)
+        self.tg.graph.finalize()
         for _ in range(settings.warmup_steps):
-            sess.run(fetches)
-        for _ in range(settings.rounds):
-            between_blocks()
-            times = os.times()
-            start = time.perf_counter()
-            for _ in range(settings.steps):
-                sess.run(fetches)
-            seconds = time.perf_counter() - start
-            used = os.times()
-            cpu.append((used.user - times.user + used.system - times.system) / settings.steps)
-            rates.append(settings.steps * tg.examples_per_step / seconds)
-    return dict(common.summarise(rates), cpu_seconds_per_step=min(cpu))
+            self._session.run(self._fetches)
+        self.rates: List[float] = []
+        self.cpu: List[float] = []
+        self.seconds = 0.0
+
+    def step(self) -> float:
+        """Runs one step; returns its examples/sec."""
+        times, start = os.times(), time.perf_counter()
+        self._session.run(self._fetches)
+        seconds, used = time.perf_counter() - start, os.times()
+        self.cpu.append(used.user - times.user + used.system - times.system)
+        self.rates.append(self.tg.examples_per_step / seconds)
+        self.seconds = seconds
+        return self.rates[-1]
+
+    def summary(self) -> Dict[str, object]:
+        return dict(common.summarise(self.rates), cpu_seconds_per_step=min(self.cpu))
+
+    def close(self) -> None:
+        self._session.close()
 
 
 def measure(settings: common.Settings, files: List[str]) -> Dict[str, object]:
-    """Training from memory and from TFRecords at ``settings`` (flags already parsed)."""
+    """Training from memory and from TFRecords at ``settings`` (flags already parsed).
+
+    Each round times a matmul block, then ``steps`` steps fed from the records,
+    then as many fed from memory: the records' pipeline refills its buffer
+    during the first memory-fed step after them, so the memory-fed figure is
+    the best, not the first, of its steps.  MFU pairs each round's step rate
+    with that round's matmul rate (median over rounds) and also divides the
+    best step rate by the best matmul rate.
+    """
     config = model_config.from_flags()
     shape = flops.NetVLADShape(frames=settings.iterations, cluster_size=settings.cluster_size,
                                hidden_size=settings.hidden_size,
                                num_classes=settings.num_classes,
                                mixtures=app_flags.value("moe_num_mixtures"))
-    matmul = MatmulRate(settings.matmul_size)
-    try:
-        matmul.sample()
-        memory = _time_steps(settings, config, files, _cached_batch, matmul.sample)
-        records = _time_steps(settings, config, files, None, matmul.sample)
-        matmul.sample()
-    finally:
-        matmul.close()
-    peak = max(matmul.samples)
     per_example = flops.training_flops(shape)
-    for feed in (memory, records):
+    matmul = MatmulRate(settings.matmul_size)
+    memory = _Trainer(settings, config, files, _cached_batch)
+    records = _Trainer(settings, config, files, None)
+    paired = []
+    try:
+        for _ in range(settings.rounds):
+            rate = matmul.sample(max(memory.seconds, 0.2))
+            for _ in range(settings.steps):
+                records.step()
+            paired.append(per_example * max(memory.step() for _ in range(settings.steps)) / rate)
+    finally:
+        for closable in (matmul, memory, records):
+            closable.close()
+    peak = max(matmul.samples)
+    results = {"memory_examples_per_sec": memory.summary(),
+               "records_examples_per_sec": records.summary()}
+    for feed in results.values():
         feed["mfu"] = per_example * feed["best"] / peak
     return {
         "mixed_precision": app_flags.value("mixed_precision"),
@@ -111,8 +140,9 @@ def measure(settings: common.Settings, files: List[str]) -> Dict[str, object]:
         "flops_per_example": per_example,
         "matmul_size": settings.matmul_size,
         "matmul_flops_per_sec": common.summarise(matmul.samples),
-        "memory_examples_per_sec": memory,
-        "records_examples_per_sec": records,
-        "mfu": memory["mfu"],
-        "records_over_memory": records["best"] / memory["best"],
+        **results,
+        "mfu": results["memory_examples_per_sec"]["mfu"],
+        "mfu_paired_median": statistics.median(paired),
+        "records_over_memory": (results["records_examples_per_sec"]["best"]
+                                / results["memory_examples_per_sec"]["best"]),
     }
