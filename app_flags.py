@@ -186,6 +186,11 @@ def value(name: str) -> Any:
     return FLAGS[name].value
 
 
+def arg_or_flag(argument: Any, name: str) -> Any:
+    """A model's explicit argument (even False or 0) wins; None means the flag's value."""
+    return value(name) if argument is None else argument
+
+
 def set_script_defaults(script: str) -> None:
     """Applies the per-script defaults of shared flag names (before parsing)."""
     for name, default in _SCRIPT_DEFAULTS.get(script, {}).items():

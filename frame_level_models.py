@@ -33,10 +33,7 @@ FRAME_FEATURE_SIZE = VIDEO_FEATURE_SIZE + AUDIO_FEATURE_SIZE
 Outputs = Dict[str, tf.Tensor]
 _V1 = tf.compat.v1
 
-
-def _arg(value: Any, flag_name: str) -> Any:
-    """The explicit argument, or the flag's value when it is None."""
-    return app_flags.value(flag_name) if value is None else value
+_arg = app_flags.arg_or_flag
 
 
 def _member_arg(value: Any, flag_name: str) -> Any:

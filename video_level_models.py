@@ -5,17 +5,12 @@ ends in one of them (``--video_level_classifier_model``).  Variable names are
 those of the 2018 checkpoints.
 """
 import math
-from typing import Any, Dict
+from typing import Dict
 
 import tensorflow as tf
 
 import app_flags
 import layers_fp16
-
-
-def _arg_or_flag(value: Any, flag_name: str) -> Any:
-    """An explicit argument (even False or 0) wins over the flag."""
-    return app_flags.value(flag_name) if value is None else value
 
 
 class LogisticModel:
@@ -54,13 +49,13 @@ class MoeModel:
         always a batch norm (SPEC 4.1).
         """
         del add_batch_norm
-        num_mixtures = _arg_or_flag(num_mixtures, "moe_num_mixtures")
-        l2_penalty = _arg_or_flag(l2_penalty, "moe_l2")
-        float16_flag = _arg_or_flag(float16_flag, "float16_flag")
-        prob_gating = _arg_or_flag(prob_gating, "moe_prob_gating")
-        prob_gating_input = _arg_or_flag(prob_gating_input, "moe_prob_gating_input")
-        remove_diag = _arg_or_flag(remove_diag, "gating_remove_diag")
-        low_rank_gating = _arg_or_flag(low_rank_gating, "moe_low_rank_gating")
+        num_mixtures = app_flags.arg_or_flag(num_mixtures, "moe_num_mixtures")
+        l2_penalty = app_flags.arg_or_flag(l2_penalty, "moe_l2")
+        float16_flag = app_flags.arg_or_flag(float16_flag, "float16_flag")
+        prob_gating = app_flags.arg_or_flag(prob_gating, "moe_prob_gating")
+        prob_gating_input = app_flags.arg_or_flag(prob_gating_input, "moe_prob_gating_input")
+        remove_diag = app_flags.arg_or_flag(remove_diag, "gating_remove_diag")
+        low_rank_gating = app_flags.arg_or_flag(low_rank_gating, "moe_low_rank_gating")
 
         def linear(inputs, units, scope, biases_initializer=None):
             return layers_fp16.fully_connected(
