@@ -43,7 +43,7 @@ def build_eval_graph(config: model_config.ModelConfig, files) -> EvalGraph:
     """The model with is_training=False, fed by the eval files (or by nothing)."""
     graph = tf.Graph()
     with graph.as_default():
-        global_step = model_graph.create_global_step()
+        global_step = checkpoint_utils.create_global_step()
         if files is None:
             raw = tf.compat.v1.placeholder(tf.float32, model_graph.input_shape(config))
             num_frames = tf.compat.v1.placeholder(tf.int32, [None])

@@ -11,6 +11,7 @@ from typing import Dict, List, Tuple
 import tensorflow as tf
 
 import app_flags
+import checkpoint_utils
 import frame_level_models
 import losses
 import video_level_models
@@ -127,19 +128,10 @@ def input_shape(config: ModelConfig) -> Tuple:
     return (None, width)
 
 
-def create_global_step() -> tf.Variable:
-    """An int32 ``global_step``, as in every 2018 checkpoint."""
-    return tf.compat.v1.get_variable(
-        "global_step", shape=[], dtype=tf.int32,
-        initializer=tf.compat.v1.zeros_initializer(), trainable=False,
-        collections=[tf.compat.v1.GraphKeys.GLOBAL_VARIABLES,
-                     tf.compat.v1.GraphKeys.GLOBAL_STEP])
-
-
 def model_variables() -> List[tf.Variable]:
     """Variables that belong in an inference checkpoint: model + global_step."""
     return [v for v in tf.compat.v1.global_variables()
-            if v.op.name.startswith(TOWER_SCOPE + "/") or v.op.name == "global_step"]
+            if v.op.name.startswith(TOWER_SCOPE + "/") or v.op.name == checkpoint_utils.GLOBAL_STEP]
 
 
 def build_inference_graph(config: ModelConfig) -> tf.Graph:
@@ -150,7 +142,7 @@ def build_inference_graph(config: ModelConfig) -> tf.Graph:
     """
     graph = tf.Graph()
     with graph.as_default():
-        create_global_step()
+        checkpoint_utils.create_global_step()
         raw = tf.compat.v1.placeholder(tf.float32, input_shape(config), name="input_batch_raw")
         num_frames = tf.compat.v1.placeholder(tf.int32, [None], name="num_frames")
         outputs = build_predictions(raw, num_frames, config, is_training=False)

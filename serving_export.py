@@ -11,6 +11,7 @@ import uuid
 import tensorflow as tf
 
 import app_flags
+import checkpoint_utils
 import model_config
 import model_graph
 import readers
@@ -27,7 +28,7 @@ def export_saved_model(checkpoint: str, config: model_config.ModelConfig, export
     """
     graph = tf.Graph()
     with graph.as_default():
-        model_graph.create_global_step()
+        checkpoint_utils.create_global_step()
         serialized = tf.compat.v1.placeholder(tf.string, [None], name="serialized_examples")
         reader = readers.get_reader(config.frame_features, config.feature_names,
                                     config.feature_sizes, config.num_classes,

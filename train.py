@@ -167,7 +167,7 @@ def build_training_graph(config: model_config.ModelConfig, files: List[str],
         seed = app_flags.value("random_seed")
         if seed is not None:
             tf.compat.v1.set_random_seed(seed)
-        global_step = model_graph.create_global_step()
+        global_step = checkpoint_utils.create_global_step()
         with task.input_device_scope():
             dataset = input_pipeline.dataset_for(
                 config, files, batch_size * len(devices), shuffle=True,
