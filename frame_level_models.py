@@ -17,6 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 import app_flags
+import core_fp16
 import layers_fp16
 import model_utils
 import pooling
@@ -59,14 +60,31 @@ def _sampled_rows(model_input: tf.Tensor, num_frames: tf.Tensor, iterations: int
     return tf.reshape(frames, [-1, int(model_input.shape[-1])])
 
 
+def _sampled_streams(model_input: tf.Tensor, num_frames: tf.Tensor, iterations: int,
+                     is_training: bool, random_frames: bool | None,
+                     random_at_eval: bool | None) -> Tuple[tf.Tensor, tf.Tensor]:
+    """:func:`_sampled_rows` split into rgb and audio rows, gathered in one pass."""
+    index = model_utils.sample_index(model_input, num_frames, iterations, is_training,
+                                     random_frames, random_at_eval)
+    video, audio = model_utils.gather_feature_blocks(
+        model_input, index, [VIDEO_FEATURE_SIZE, AUDIO_FEATURE_SIZE])
+    return video, audio
+
+
+def _split_streams(rows: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """[B*T, 1152] rows -> rgb rows, audio rows."""
+    video, audio = tf.split(rows, [VIDEO_FEATURE_SIZE, AUDIO_FEATURE_SIZE], axis=1)
+    return video, audio
+
+
 def _input_bn(rows: tf.Tensor, add_batch_norm: bool, is_training: bool) -> tf.Tensor:
     return layers_fp16.batch_norm(rows, is_training, "input_bn") if add_batch_norm else rows
 
 
-def _pool_streams(rows: tf.Tensor, video_block: pooling.PoolingBlock,
+def _pool_streams(streams: Tuple[tf.Tensor, tf.Tensor], video_block: pooling.PoolingBlock,
                   audio_block: pooling.PoolingBlock, suffix: str) -> tf.Tensor:
     """Pools rgb in scope ``video_<suffix>`` and audio in ``audio_<suffix>``; concatenated."""
-    video, audio = tf.split(rows, [VIDEO_FEATURE_SIZE, AUDIO_FEATURE_SIZE], axis=1)
+    video, audio = streams
     with _V1.variable_scope("video_" + suffix):
         video = video_block.forward(video)
     with _V1.variable_scope("audio_" + suffix):
@@ -85,8 +103,9 @@ def _hidden_layer(inputs: tf.Tensor, size: int, stddev: float, is_training: bool
     weights = pooling.normal_weight(
         "hidden1_weights", [int(inputs.shape[-1]), size], stddev,
         scope="hidden1_weights" if weights_in_own_scope else None, float16_flag=float16_flag)
-    activation = pooling.batch_norm_or_biases(tf.matmul(inputs, weights), batch_norm,
-                                              is_training, "hidden1_bn", "hidden1_biases", 0.01)
+    activation = pooling.batch_norm_or_biases(core_fp16.matmul_last_axis(inputs, weights),
+                                              batch_norm, is_training, "hidden1_bn",
+                                              "hidden1_biases", 0.01)
     return tf.nn.relu6(activation) if relu else activation
 
 
@@ -192,7 +211,8 @@ class BaseDbofModelLF:
         rows = _input_bn(_sampled_rows(model_input, num_frames, iterations, is_training,
                                        sample_random_frames, sample_random_frames_at_eval),
                          add_batch_norm, is_training)
-        activation = _pool_streams(rows, video_block, audio_block, "DBOF")
+        activation = _pool_streams(_split_streams(rows), video_block, audio_block,
+                                   "DBOF")
         if not self.optional_hidden_layer or _arg(fc_dimred, "fc_dimred"):
             activation = _hidden_layer(activation, _arg(hidden_size, "dbof_hidden_size"),
                                        1 / math.sqrt(clusters), is_training,
@@ -281,10 +301,10 @@ class NetVLADModelLF:
         else:
             block_cls = pooling.NetVLAD
 
-        rows = _sampled_rows(model_input, num_frames, iterations, is_training,
-                             sample_random_frames, sample_random_frames_at_eval)
+        streams = _sampled_streams(model_input, num_frames, iterations, is_training,
+                                   sample_random_frames, sample_random_frames_at_eval)
         vlad = _pool_streams(
-            rows,
+            streams,
             block_cls(VIDEO_FEATURE_SIZE, iterations, cluster_size, add_batch_norm, is_training),
             block_cls(AUDIO_FEATURE_SIZE, iterations, cluster_size // 2, add_batch_norm,
                       is_training),
@@ -296,7 +316,7 @@ class NetVLADModelLF:
                                                 1 / math.sqrt(hidden_size),
                                                 scope="hidden2_weights")
         hidden2_biases = pooling.normal_weight("hidden2_biases", [2 * hidden_size], 0.01)
-        activation = tf.matmul(activation, hidden2_weights) + hidden2_biases
+        activation = core_fp16.matmul_last_axis(activation, hidden2_weights) + hidden2_biases
         if _arg(gating, "gating"):
             activation = layers_fp16.context_gating(activation, is_training, add_batch_norm)
         return _classify(activation, vocab_size, is_training, video_level_classifier_model,
@@ -334,7 +354,7 @@ class NetFVModelLF:
         rows = _input_bn(_sampled_rows(model_input, num_frames, iterations, is_training,
                                        sample_random_frames, sample_random_frames_at_eval),
                          add_batch_norm, is_training)
-        fv = _pool_streams(rows, block(VIDEO_FEATURE_SIZE, cluster_size),
+        fv = _pool_streams(_split_streams(rows), block(VIDEO_FEATURE_SIZE, cluster_size),
                            block(AUDIO_FEATURE_SIZE, cluster_size // 2), "FV")
         activation = _hidden_layer(fv, _arg(hidden_size, "fv_hidden_size"),
                                    1 / math.sqrt(cluster_size), is_training,

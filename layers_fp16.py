@@ -113,7 +113,7 @@ def context_gating(inputs: tf.Tensor, is_training: bool, add_batch_norm: bool = 
             weights = weight_variable(weights_name, [dim, dim], stddev)
     else:
         weights = weight_variable(weights_name, [dim, dim], stddev)
-    gates = tf.matmul(inputs, weights)
+    gates = core_fp16.matmul_last_axis(inputs, weights)
     if remove_diag:
         gates -= tf.linalg.diag_part(weights) * inputs
     if add_batch_norm:

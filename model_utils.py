@@ -6,6 +6,9 @@ samples at random (data augmentation); eval and inference are deterministic
 by default so a checkpoint always gets the same score (SPEC 4.1 step 1).
 """
 
+import math
+from typing import List, Sequence
+
 import tensorflow as tf
 
 import app_flags
@@ -30,37 +33,55 @@ def _uniform(num_frames: tf.Tensor, columns: int) -> tf.Tensor:
     return tf.random.uniform(tf.stack([tf.shape(num_frames)[0], columns]))
 
 
-def SampleRandomFrames(model_input: tf.Tensor, num_frames: tf.Tensor,
-                       num_samples: int) -> tf.Tensor:
+def random_frames_index(model_input: tf.Tensor, num_frames: tf.Tensor,
+                        num_samples: int) -> tf.Tensor:
     """Frames drawn uniformly with replacement: index = floor(u * num_frames)."""
     counts = _frame_counts(model_input, num_frames)
     index = tf.cast(_uniform(counts, num_samples) * tf.cast(counts, tf.float32), tf.int32)
     # float rounding could give exactly num_frames; a 0-frame video reads row 0.
-    return _gather(model_input, tf.maximum(tf.minimum(index, counts - 1), 0))
+    return tf.maximum(tf.minimum(index, counts - 1), 0)
 
 
-def SampleRandomSequence(model_input: tf.Tensor, num_frames: tf.Tensor,
-                         num_samples: int) -> tf.Tensor:
+def random_sequence_index(model_input: tf.Tensor, num_frames: tf.Tensor,
+                          num_samples: int) -> tf.Tensor:
     """A random run: start = floor(u * (max(n - T, 0) + 1)), index_t = min(start + t, n - 1)."""
     counts = _frame_counts(model_input, num_frames)
     starts = tf.cast(_uniform(counts, 1) * tf.cast(tf.maximum(counts - num_samples, 0) + 1,
                                                    tf.float32), tf.int32)
     index = tf.minimum(starts + tf.range(num_samples)[tf.newaxis, :], counts - 1)
-    return _gather(model_input, tf.maximum(index, 0))
+    return tf.maximum(index, 0)
+
+
+def evenly_spaced_index(model_input: tf.Tensor, num_frames: tf.Tensor,
+                        num_samples: int) -> tf.Tensor:
+    """Deterministic frames floor(i * num_frames / num_samples), exact in integers."""
+    counts = _frame_counts(model_input, num_frames)
+    return (tf.range(num_samples)[tf.newaxis, :] * counts) // num_samples
+
+
+def SampleRandomFrames(model_input: tf.Tensor, num_frames: tf.Tensor,
+                       num_samples: int) -> tf.Tensor:
+    """The 2018 sampler: frames at :func:`random_frames_index`."""
+    return _gather(model_input, random_frames_index(model_input, num_frames, num_samples))
+
+
+def SampleRandomSequence(model_input: tf.Tensor, num_frames: tf.Tensor,
+                         num_samples: int) -> tf.Tensor:
+    """The 2018 sampler: frames at :func:`random_sequence_index`."""
+    return _gather(model_input, random_sequence_index(model_input, num_frames, num_samples))
 
 
 def SampleEvenlySpacedFrames(model_input: tf.Tensor, num_frames: tf.Tensor,
                              num_samples: int) -> tf.Tensor:
-    """Deterministic frames floor(i * num_frames / num_samples), exact in integers."""
-    counts = _frame_counts(model_input, num_frames)
-    index = (tf.range(num_samples)[tf.newaxis, :] * counts) // num_samples
-    return _gather(model_input, index)
+    """The 2018 sampler: frames at :func:`random_sequence_index`."""
+    return _gather(model_input, evenly_spaced_index(model_input, num_frames, num_samples))
 
 
-def sample_frames(model_input: tf.Tensor, num_frames: tf.Tensor, num_samples: int,
-                  is_training: bool, random_frames: bool | None = None,
-                  random_at_eval: bool | None = None) -> tf.Tensor:
-    """Training (or eval with ``random_at_eval``) samples at random; eval is even spacing.
+def sample_index(model_input: tf.Tensor, num_frames: tf.Tensor, num_samples: int,
+                 is_training: bool, random_frames: bool | None = None,
+                 random_at_eval: bool | None = None) -> tf.Tensor:
+    """[batch, num_samples] frame indices: random when training (or eval with
+    ``random_at_eval``), else evenly spaced.
 
     ``random_frames`` picks frames with replacement over a contiguous run;
     None arguments take --sample_random_frames / --sample_random_frames_at_eval.
@@ -70,10 +91,41 @@ def sample_frames(model_input: tf.Tensor, num_frames: tf.Tensor, num_samples: in
     if random_at_eval is None:
         random_at_eval = app_flags.value("sample_random_frames_at_eval")
     if not (is_training or random_at_eval):
-        return SampleEvenlySpacedFrames(model_input, num_frames, num_samples)
+        return evenly_spaced_index(model_input, num_frames, num_samples)
     if random_frames:
-        return SampleRandomFrames(model_input, num_frames, num_samples)
-    return SampleRandomSequence(model_input, num_frames, num_samples)
+        return random_frames_index(model_input, num_frames, num_samples)
+    return random_sequence_index(model_input, num_frames, num_samples)
+
+
+def sample_frames(model_input: tf.Tensor, num_frames: tf.Tensor, num_samples: int,
+                  is_training: bool, random_frames: bool | None = None,
+                  random_at_eval: bool | None = None) -> tf.Tensor:
+    """The frames :func:`sample_index` picks, [batch, num_samples, features]."""
+    return _gather(model_input, sample_index(model_input, num_frames, num_samples, is_training,
+                                             random_frames, random_at_eval))
+
+
+def gather_feature_blocks(model_input: tf.Tensor, frame_index: tf.Tensor,
+                          widths: Sequence[int]) -> List[tf.Tensor]:
+    """The picked frames' features cut into column blocks of ``widths``, each as rows
+    [batch * num_samples, width], in one gather per block.
+
+    Gathering then splitting copies every feature twice; viewing each frame as
+    chunks of gcd(widths) features lets one gather pick the frame and the
+    columns together.
+    """
+    chunk = math.gcd(*widths)
+    chunks_per_frame = sum(widths) // chunk
+    batch = tf.shape(model_input)[0]
+    chunked = tf.reshape(model_input, [batch, -1, chunk])
+    blocks, start = [], 0
+    for width in widths:
+        offsets = tf.range(start // chunk, (start + width) // chunk)
+        index = frame_index[:, :, tf.newaxis] * chunks_per_frame + offsets
+        picked = tf.gather(chunked, tf.reshape(index, [batch, -1]), axis=1, batch_dims=1)
+        blocks.append(tf.reshape(picked, [-1, width]))
+        start += width
+    return blocks
 
 
 def FramePooling(frames: tf.Tensor, method: str) -> tf.Tensor:

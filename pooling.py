@@ -127,7 +127,8 @@ class NetVLAD(PoolingBlock):
         centres = self._normal("cluster_weights2", [1, self.feature_size, self.cluster_size],
                                scope="cluster_weights2")
         mass = tf.reduce_sum(assignments, axis=1, keepdims=True)  # [B, 1, K]
-        vlad = self._weighted_sums(inputs, assignments) - mass * centres
+        # + mass * (-centres): the gradient of a subtraction would negate all of [B, D, K].
+        vlad = self._weighted_sums(inputs, assignments) + mass * -centres
         return intra_and_global_l2(vlad)
 
 

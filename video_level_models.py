@@ -10,6 +10,7 @@ from typing import Dict
 import tensorflow as tf
 
 import app_flags
+import core_fp16
 import layers_fp16
 
 
@@ -96,7 +97,7 @@ class MoeModel:
         weights = layers_fp16.weight_variable(
             "gating_prob_weights", [int(gate_input.shape[-1]), vocab_size],
             1 / math.sqrt(vocab_size), float16_flag)
-        gates = tf.matmul(gate_input, weights)
+        gates = core_fp16.matmul_last_axis(gate_input, weights)
         if remove_diag and from_probabilities:
             gates -= tf.linalg.diag_part(weights) * probabilities
         return tf.sigmoid(layers_fp16.batch_norm(gates, is_training, "gating_prob_bn"))

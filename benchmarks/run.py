@@ -131,6 +131,13 @@ def table(results: dict) -> str:
              f"({train['flops_per_example'] / 1e9:.2f} GFLOP/example; per-round median "
              f"{train['mfu_paired_median']:.2f})"),
         ]
+        parts = train["step_breakdown"]
+        share = parts["share"]
+        rows.append((f"training step by kernel kind{tag}",
+                     f"matmuls {share['matmul']:.0%} of the time at "
+                     f"{parts['matmul_utilisation']:.2f} of the matmul rate, optimizer "
+                     f"{share['optimizer']:.0%}, other ops {share['other']:.0%}; MFU with "
+                     f"other ops free: {parts['mfu_without_other_ops']:.2f}"))
     if "pipeline" in results:
         pipe = results["pipeline"]
         parsed, raw = pipe["parsed_videos_per_sec"], pipe["raw_records_per_sec"]

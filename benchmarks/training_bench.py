@@ -19,7 +19,7 @@ import app_flags
 import model_config
 import performance
 import train
-from benchmarks import common, flops
+from benchmarks import common, flops, step_profile
 
 _V1 = tf.compat.v1
 
@@ -71,10 +71,12 @@ class _Trainer:
     """train.py's training graph in a session, after warm-up steps; times single steps."""
 
     def __init__(self, settings: common.Settings, config: model_config.ModelConfig,
-                 files: List[str], transform: Callable | None):
+                 files: List[str], transform: Callable | None,
+                 session_config: _V1.ConfigProto | None = None):
         self.tg = train.build_training_graph(config, files, dataset_transform=transform)
         self._fetches = [self.tg.step_after_train, self.tg.label_loss]
-        self._session = _V1.Session(graph=self.tg.graph, config=performance.session_config())
+        self._session = _V1.Session(graph=self.tg.graph,
+                                    config=session_config or performance.session_config())
         self._session.run(self.tg.init_op)
         self.tg.graph.finalize()
         for _ in range(settings.warmup_steps):
@@ -93,11 +95,34 @@ class _Trainer:
         self.seconds = seconds
         return self.rates[-1]
 
+    def traced_seconds(self, steps: int) -> Dict[str, float]:
+        """Kernel seconds by kind in the fastest of ``steps`` traced steps
+        (benchmarks/step_profile.py); the machine may be busy during some."""
+        traces = [step_profile.traced_seconds(self._session, self._fetches)
+                  for _ in range(steps)]
+        return min(traces, key=lambda seconds: sum(seconds.values()))
+
     def summary(self) -> Dict[str, object]:
         return dict(common.summarise(self.rates), cpu_seconds_per_step=min(self.cpu))
 
     def close(self) -> None:
         self._session.close()
+
+
+def _traced_step(settings: common.Settings, config: model_config.ModelConfig,
+                 files: List[str], per_example: int):
+    """Kernel seconds by kind of a memory-fed step run one op at a time, and its FLOPs.
+
+    Traced before the timed trainers exist, so nothing else of this process runs.
+    """
+    serial = performance.session_config()
+    serial.inter_op_parallelism_threads = 1
+    traced = _Trainer(settings, config, files, _cached_batch, serial)
+    try:
+        return (traced.traced_seconds(settings.rounds),
+                per_example * traced.tg.examples_per_step)
+    finally:
+        traced.close()
 
 
 def measure(settings: common.Settings, files: List[str]) -> Dict[str, object]:
@@ -108,7 +133,8 @@ def measure(settings: common.Settings, files: List[str]) -> Dict[str, object]:
     during the first memory-fed step after them, so the memory-fed figure is
     the best, not the first, of its steps.  MFU pairs each round's step rate
     with that round's matmul rate (median over rounds) and also divides the
-    best step rate by the best matmul rate.
+    best step rate by the best matmul rate.  First, steps fed from memory are
+    traced op by op (benchmarks/step_profile.py) to say where the time goes.
     """
     config = model_config.from_flags()
     shape = flops.NetVLADShape(frames=settings.iterations, cluster_size=settings.cluster_size,
@@ -116,6 +142,7 @@ def measure(settings: common.Settings, files: List[str]) -> Dict[str, object]:
                                num_classes=settings.num_classes,
                                mixtures=app_flags.value("moe_num_mixtures"))
     per_example = flops.training_flops(shape)
+    seconds, step_flops = _traced_step(settings, config, files, per_example)
     matmul = MatmulRate(settings.matmul_size)
     memory = _Trainer(settings, config, files, _cached_batch)
     records = _Trainer(settings, config, files, None)
@@ -145,4 +172,6 @@ def measure(settings: common.Settings, files: List[str]) -> Dict[str, object]:
         "mfu_paired_median": statistics.median(paired),
         "records_over_memory": (results["records_examples_per_sec"]["best"]
                                 / results["memory_examples_per_sec"]["best"]),
+        "step_breakdown": step_profile.breakdown(
+            seconds, step_flops, peak),
     }

@@ -28,6 +28,11 @@ def test_quick_run_writes_every_figure(tmp_path):
     for feed in ("memory_examples_per_sec", "records_examples_per_sec"):
         assert _positive(training[feed]["best"]) and _positive(training[feed]["median"])
     assert _positive(training["matmul_flops_per_sec"]["best"])
+    parts = training["step_breakdown"]
+    assert set(parts["share"]) == {"matmul", "optimizer", "other"}
+    assert abs(sum(parts["share"].values()) - 1) < 1e-9
+    assert all(_positive(parts["seconds"][kind]) for kind in parts["share"])
+    assert _positive(parts["matmul_utilisation"]) and _positive(parts["mfu_without_other_ops"])
 
     pipeline = results["pipeline"]
     assert _positive(pipeline["parsed_videos_per_sec"]["best"])

@@ -243,3 +243,20 @@ def test_context_gating_without_batch_norm_adds_biases():
                                    found["gating_biases"]: b_val})
     expected = x_val / (1 + np.exp(-(x_val @ w_val + b_val)))
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_matmul_last_axis_gradients_match_numpy():
+    """The kernel-first input gradient equals g @ W^T, the kernel gradient x^T @ g."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=[6, 40]).astype(np.float32)
+    w = rng.normal(size=[40, 30]).astype(np.float32)
+    g = rng.normal(size=[6, 30]).astype(np.float32)
+    with tf.Graph().as_default():
+        inputs, kernel = tf.constant(x), tf.constant(w)
+        out = core_fp16.matmul_last_axis(inputs, kernel)
+        grads = tf.gradients(out, [inputs, kernel], grad_ys=tf.constant(g))
+        with tf.compat.v1.Session() as sess:
+            value, (dx, dw) = sess.run([out, grads])
+    np.testing.assert_allclose(value, x @ w, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, g @ w.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, x.T @ g, rtol=1e-5, atol=1e-5)

@@ -108,3 +108,18 @@ def test_frame_pooling():
     np.testing.assert_array_equal(out["none"], x_val.reshape(8, 3))
     with pytest.raises(UsageError, match="median"):
         model_utils.FramePooling(tf.constant(x_val), "median")
+
+
+def test_gather_feature_blocks_equals_gather_then_split():
+    """One gather per column block gives the same rows as gathering whole frames and splitting."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=[4, 9, 1152]).astype(np.float32)
+    index = rng.integers(0, 9, size=[4, 6]).astype(np.int32)
+    with tf.Graph().as_default():
+        blocks = model_utils.gather_feature_blocks(
+            V1.placeholder_with_default(x, [None, 9, 1152]), tf.constant(index), [1024, 128])
+        with V1.Session() as sess:
+            video, audio = sess.run(blocks)
+    picked = np.take_along_axis(x, index[:, :, None], axis=1).reshape(-1, 1152)
+    np.testing.assert_array_equal(video, picked[:, :1024])
+    np.testing.assert_array_equal(audio, picked[:, 1024:])
