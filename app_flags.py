@@ -94,7 +94,8 @@ _define("string", "mixed_precision", "none",
         "none, bfloat16 (matmuls in bfloat16 on CPUs with AVX512_BF16/AMX) or float16 "
         "(GPUs, with dynamic loss scaling); changes results beyond float32 round-off.",
         (TRAIN,))
-_define("bool", "xla", False, "Compile the training step with XLA (auto-clustering).",
+_define("bool", "xla", False,
+        "Compile the training step with XLA auto-clustering (GPUs; CPUs keep oneDNN).",
         (TRAIN,))
 _define("integer", "intra_op_threads", 0, "Threads per op; 0: one per core.", (TRAIN,))
 _define("integer", "inter_op_threads", 0, "Ops run at once; 0: one per core.", (TRAIN,))
