@@ -211,8 +211,7 @@ class BaseDbofModelLF:
         rows = _input_bn(_sampled_rows(model_input, num_frames, iterations, is_training,
                                        sample_random_frames, sample_random_frames_at_eval),
                          add_batch_norm, is_training)
-        activation = _pool_streams(_split_streams(rows), video_block, audio_block,
-                                   "DBOF")
+        activation = _pool_streams(_split_streams(rows), video_block, audio_block, "DBOF")
         if not self.optional_hidden_layer or _arg(fc_dimred, "fc_dimred"):
             activation = _hidden_layer(activation, _arg(hidden_size, "dbof_hidden_size"),
                                        1 / math.sqrt(clusters), is_training,

@@ -1,4 +1,5 @@
-"""The tf.data input of train, eval, inference and the ensemble tools, configured by the flags."""
+"""The tf.data input of train, eval, inference and the ensemble tools (and the reader of
+the SavedModel export), configured by the flags."""
 from typing import Sequence
 
 import tensorflow as tf
@@ -8,14 +9,18 @@ import readers
 from model_config import ModelConfig
 
 
+def reader_for(config: ModelConfig, require_labels: bool = False) -> readers.Reader:
+    """The reader of records in the format ``config`` was trained on (--max_frames)."""
+    return readers.get_reader(config.frame_features, config.feature_names,
+                              config.feature_sizes, config.num_classes,
+                              app_flags.value("max_frames"), require_labels=require_labels)
+
+
 def dataset_for(config: ModelConfig, files: Sequence[str], batch_size: int, *, shuffle: bool,
                 num_epochs: int | None, require_labels: bool = False,
                 seed: int | None = None) -> tf.data.Dataset:
     """Batches of parsed videos of ``files`` in the format ``config`` was trained on."""
-    reader = readers.get_reader(config.frame_features, config.feature_names,
-                                config.feature_sizes, config.num_classes,
-                                app_flags.value("max_frames"), require_labels=require_labels)
     return readers.build_dataset(
-        reader, files, batch_size, shuffle=shuffle, num_epochs=num_epochs,
-        num_readers=app_flags.value("num_readers"),
+        reader_for(config, require_labels), files, batch_size, shuffle=shuffle,
+        num_epochs=num_epochs, num_readers=app_flags.value("num_readers"),
         skip_corrupt_records=app_flags.value("skip_corrupt_records"), seed=seed)

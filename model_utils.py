@@ -73,7 +73,7 @@ def SampleRandomSequence(model_input: tf.Tensor, num_frames: tf.Tensor,
 
 def SampleEvenlySpacedFrames(model_input: tf.Tensor, num_frames: tf.Tensor,
                              num_samples: int) -> tf.Tensor:
-    """The 2018 sampler: frames at :func:`random_sequence_index`."""
+    """The 2018 sampler: frames at :func:`evenly_spaced_index`."""
     return _gather(model_input, evenly_spaced_index(model_input, num_frames, num_samples))
 
 

@@ -10,11 +10,10 @@ import uuid
 
 import tensorflow as tf
 
-import app_flags
 import checkpoint_utils
+import input_pipeline
 import model_config
 import model_graph
-import readers
 
 SIGNATURE_KEY = tf.compat.v1.saved_model.signature_constants.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 
@@ -30,10 +29,7 @@ def export_saved_model(checkpoint: str, config: model_config.ModelConfig, export
     with graph.as_default():
         checkpoint_utils.create_global_step()
         serialized = tf.compat.v1.placeholder(tf.string, [None], name="serialized_examples")
-        reader = readers.get_reader(config.frame_features, config.feature_names,
-                                    config.feature_sizes, config.num_classes,
-                                    app_flags.value("max_frames"))
-        batch = reader.prepare_serialized_examples(serialized)
+        batch = input_pipeline.reader_for(config).prepare_serialized_examples(serialized)
         outputs = model_graph.build_predictions(batch["video_matrix"], batch["num_frames"],
                                                 config, is_training=False)
         scores, classes = tf.nn.top_k(outputs.predictions, k=min(top_k, config.num_classes))
