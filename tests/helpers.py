@@ -1,4 +1,5 @@
 """Shared test helpers: run a script of the repo, write small TFRecord files."""
+import json
 import os
 import re
 import subprocess
@@ -13,6 +14,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_DATA_SETTINGS = dict(num_classes=20, videos_per_shard=24, num_train_shards=2,
                             num_validate_shards=1, num_test_shards=1, min_video_frames=10,
                             max_video_frames=40, seed=1)
+NUM_CLASSES = SAMPLE_DATA_SETTINGS["num_classes"]
+# Frame-level NetVLADModelLF at test sizes, without the member sizes
+# (--netvlad_cluster_size, --netvlad_hidden_size: NETVLAD_SIZES or each test's own).
+NETVLAD_FLAGS = [
+    "--frame_features", "--feature_names=rgb,audio", "--feature_sizes=1024,128",
+    "--model=NetVLADModelLF", "--iterations=8", "--moe_num_mixtures=2", "--gating=True",
+    "--moe_prob_gating=True", "--netvlad_relu=False", f"--num_classes={NUM_CLASSES}",
+]
+NETVLAD_SIZES = ["--netvlad_cluster_size=4", "--netvlad_hidden_size=16"]
+# Video-level LogisticModel on the sample data's mean features.
+LOGISTIC_FLAGS = ["--feature_names=mean_rgb,mean_audio", "--feature_sizes=1024,128",
+                  f"--num_classes={NUM_CLASSES}", "--model=LogisticModel"]
 
 
 def run_script(script: str, *args: str, cwd: str | None = None, timeout: float = 600,
@@ -26,6 +39,25 @@ def run_script(script: str, *args: str, cwd: str | None = None, timeout: float =
         [sys.executable, os.path.join(REPO, script + ".py"), *args],
         cwd=cwd or REPO, timeout=timeout, capture_output=True, text=True,
         env=None if env is None else {**os.environ, **env})
+
+
+def json_record(result: subprocess.CompletedProcess) -> dict:
+    """The one JSON line a successful eval.py / search run printed on stdout."""
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, result.stdout
+    return json.loads(lines[0])
+
+
+def read_checkpoint(path: str) -> Dict[str, np.ndarray]:
+    """Every tensor of a checkpoint, by name."""
+    reader = tf.compat.v1.train.NewCheckpointReader(path)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def member_prefix(index: int) -> str:
+    """Where ensemble member ``index``'s variables live."""
+    return "tower/" if index == 0 else f"tower/model{index}/"
 
 
 def _context(video: Mapping, id_key: str) -> Dict[str, tf.train.Feature]:

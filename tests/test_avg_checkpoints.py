@@ -8,7 +8,7 @@ import tensorflow as tf
 import avg_checkpoints
 import checkpoint_utils
 from errors import UsageError
-from helpers import run_script
+from helpers import read_checkpoint, run_script
 
 V1 = tf.compat.v1
 STEPS = (10, 20, 30, 40)
@@ -53,10 +53,6 @@ def run(tmp_path_factory):
     return directory
 
 
-def _read(path):
-    reader = V1.train.NewCheckpointReader(path)
-    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()}
-
 
 def _ckpt(run, step):
     return os.path.join(run, f"model.ckpt-{step}")
@@ -95,7 +91,7 @@ def test_selection_errors_name_the_problem(run):
 
 def test_average_is_float64_mean_in_each_dtype_without_optimizer_state(run, tmp_path):
     chosen = [_ckpt(run, s) for s in (10, 30, 40)]
-    inputs = [_read(p) for p in chosen]
+    inputs = [read_checkpoint(p) for p in chosen]
     assert "tower/model1/gates/weights/Adam_1" in inputs[0]  # the inputs do have slots
     values = avg_checkpoints.average_checkpoints(chosen)
     assert sorted(values) == sorted(VARIABLES)
@@ -118,9 +114,9 @@ def test_works_on_ram_filesystem(run):
     output = checkpoint_utils.write_checkpoint(avg_checkpoints.average_checkpoints(chosen),
                                                ram + "/avg.ckpt")
     name = "tower/video_VLAD/conv2/cluster_weights"
-    expected = (_read(_ckpt(run, 10))[name].astype(np.float64)
-                + _read(_ckpt(run, 20))[name]) / 2
-    np.testing.assert_array_equal(_read(output)[name], expected.astype(np.float32))
+    expected = (read_checkpoint(_ckpt(run, 10))[name].astype(np.float64)
+                + read_checkpoint(_ckpt(run, 20))[name]) / 2
+    np.testing.assert_array_equal(read_checkpoint(output)[name], expected.astype(np.float32))
 
 
 def test_unreadable_checkpoint_is_reported_with_its_name(run, tmp_path):
@@ -145,10 +141,10 @@ def test_cli_averages_a_range_and_leaves_the_state_file_alone(run):
     assert _ckpt(run, 10) not in result.stdout
     for suffix in (".index", ".meta", ".data-00000-of-00001"):
         assert os.path.exists(output + "-0" + suffix)
-    averaged = _read(output + "-0")
+    averaged = read_checkpoint(output + "-0")
     assert sorted(averaged) == sorted(["global_step", *VARIABLES])
     assert averaged["global_step"].dtype == np.int32 and averaged["global_step"] == 0
-    inputs = [_read(_ckpt(run, s)) for s in (20, 30, 40)]
+    inputs = [read_checkpoint(_ckpt(run, s)) for s in (20, 30, 40)]
     name = "tower/hidden1_weights/hidden1_weights"
     expected = np.mean([x[name].astype(np.float64) for x in inputs], axis=0).astype(np.float16)
     np.testing.assert_array_equal(averaged[name], expected)

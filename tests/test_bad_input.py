@@ -18,12 +18,9 @@ import numpy as np
 import pytest
 
 import checkpoint_utils
-from helpers import run_script, write_examples
+from helpers import LOGISTIC_FLAGS, NUM_CLASSES, run_script, write_examples
 
-NUM_CLASSES = 20
-VIDEO_FLAGS = ["--feature_names=mean_rgb,mean_audio", "--feature_sizes=1024,128",
-               f"--num_classes={NUM_CLASSES}", "--model=LogisticModel"]
-TRAIN_FLAGS = [*VIDEO_FLAGS, "--batch_size=8", "--num_readers=2", "--max_steps=20"]
+TRAIN_FLAGS = [*LOGISTIC_FLAGS, "--batch_size=8", "--num_readers=2", "--max_steps=20"]
 PARALLEL = 4
 
 

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import checkpoint_size
-from helpers import run_script
+from helpers import read_checkpoint, run_script
 
 V1 = tf.compat.v1
 VARIABLES = {  # two ensemble members, float16 and float32, batch norm
@@ -37,13 +37,9 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def _tensors(path):
-    reader = V1.train.NewCheckpointReader(path)
-    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()}
-
 
 def test_report_counts_the_bytes_of_the_tensors(checkpoint):
-    tensors = _tensors(checkpoint)
+    tensors = read_checkpoint(checkpoint)
     report = checkpoint_size.size_report(checkpoint)
     groups = {(g["member"], g["block"]): g for g in report["groups"]}
     assert groups[(0, "video_VLAD")]["bytes"] == sum(
@@ -92,6 +88,6 @@ def test_cli_prints_the_report(checkpoint):
     result = run_script("checkpoint_size", f"--checkpoint={checkpoint}.index",
                         "--fail_over_limit")
     assert result.returncode == 0, result.stderr
-    total = sum(a.nbytes for a in _tensors(checkpoint).values())
+    total = sum(a.nbytes for a in read_checkpoint(checkpoint).values())
     assert f"total as stored: {total:,} bytes" in result.stdout
     assert "video_VLAD" in result.stdout and "OK: under the 1 GiB limit" in result.stdout

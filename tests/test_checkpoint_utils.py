@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import checkpoint_utils as cu
+from helpers import read_checkpoint
 
 V1 = tf.compat.v1
 NAMES = ["tower/video_VLAD/conv2/cluster_weights", "tower/model1/gates/weights"]
@@ -28,10 +29,6 @@ def _graph_with_adam():
 def _files(directory):
     return sorted(tf.io.gfile.listdir(directory))
 
-
-def _read(path):
-    reader = V1.train.NewCheckpointReader(path)
-    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()}
 
 
 def test_save_atomically_renames_and_only_training_saves_enter_state_file(tmp_path):
@@ -58,7 +55,7 @@ def test_save_atomically_renames_and_only_training_saves_enter_state_file(tmp_pa
     assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == [
         "model.ckpt-10", "model.ckpt-20"]
     for n in (10, 20):
-        values = _read(os.path.join(run, f"model.ckpt-{n}"))
+        values = read_checkpoint(os.path.join(run, f"model.ckpt-{n}"))
         assert values["global_step"] == n
         for name, value in zip(NAMES, saved[n], strict=True):
             np.testing.assert_array_equal(values[name], value)
@@ -83,7 +80,7 @@ def test_failed_save_keeps_previous_checkpoint_and_leaves_no_temp_files(tmp_path
             cu.save_atomically(saver, sess, target)
     assert _files(str(tmp_path)) == ["inference_model.data-00000-of-00001",
                                      "inference_model.index", "inference_model.meta"]
-    np.testing.assert_array_equal(_read(target)[NAMES[0]], before)
+    np.testing.assert_array_equal(read_checkpoint(target)[NAMES[0]], before)
 
 
 def test_save_over_existing_checkpoint_replaces_it(tmp_path):
@@ -97,7 +94,7 @@ def test_save_over_existing_checkpoint_replaces_it(tmp_path):
         cu.save_atomically(saver, sess, target, write_meta_graph=False)
     assert _files(str(tmp_path)) == ["inference_model.data-00000-of-00001",
                                      "inference_model.index"]
-    np.testing.assert_array_equal(_read(target)[NAMES[1]], after)
+    np.testing.assert_array_equal(read_checkpoint(target)[NAMES[1]], after)
 
 
 def _tiny_checkpoint(path):
@@ -142,7 +139,7 @@ def test_list_and_latest_on_ram_filesystem():
         (9, run + "/model.ckpt-9"), (20, run + "/model.ckpt-20"), (100, run + "/model.ckpt-100")]
     assert cu.latest_checkpoint(run) == run + "/model.ckpt-100"
     assert not [f for f in tf.io.gfile.listdir(run) if "tmp" in f]
-    assert _read(run + "/model.ckpt-20")["global_step"] == 20
+    assert read_checkpoint(run + "/model.ckpt-20")["global_step"] == 20
 
 
 def test_step_of_and_suffixes():
@@ -225,7 +222,7 @@ def test_write_checkpoint_keeps_dtypes_and_state_file(tmp_path):
               "tower/c": np.linspace(-1, 1, 5, dtype=np.float32)}
     path = cu.write_checkpoint(values, os.path.join(run, "written"))
     assert path == os.path.join(run, "written-0")
-    back = _read(path)
+    back = read_checkpoint(path)
     assert sorted(back) == ["global_step", "tower/a/b", "tower/c"]
     assert back["global_step"].dtype == np.int32 and back["global_step"] == 0
     for name, value in values.items():

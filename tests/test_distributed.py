@@ -25,15 +25,9 @@ from tensorflow.core.protobuf import meta_graph_pb2
 import checkpoint_utils
 import cluster
 from errors import UsageError
-from helpers import REPO, run_script, write_examples
+from helpers import NETVLAD_FLAGS, NETVLAD_SIZES, REPO, json_record, run_script, write_examples
 
-NUM_CLASSES = 20
-FRAME_MODEL = [
-    "--frame_features", "--feature_names=rgb,audio", "--feature_sizes=1024,128",
-    "--model=NetVLADModelLF", "--netvlad_cluster_size=4", "--netvlad_hidden_size=16",
-    "--iterations=8", "--moe_num_mixtures=2", "--gating=True", "--moe_prob_gating=True",
-    "--netvlad_relu=False", f"--num_classes={NUM_CLASSES}",
-]
+FRAME_MODEL = NETVLAD_FLAGS + NETVLAD_SIZES
 TRAINED = re.compile(r"This task trained (\d+) steps in [\d.]+ s; global step (\d+)\.")
 
 
@@ -205,8 +199,7 @@ def test_ps_chief_and_worker_on_loopback(sample_data, tmp_path):
     result = run_script("eval", f"--eval_data_pattern={sample_data}/frame/validate*.tfrecord",
                         f"--train_dir={run_dir}", "--run_once=True", "--batch_size=16",
                         *FRAME_MODEL)
-    assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][0])
+    record = json_record(result)
     assert record["global_step"] == chief_final and 0 < record["gap"] <= 1
 
 

@@ -26,17 +26,19 @@ import tensorflow as tf
 from absl import flags
 
 import avg_checkpoints
-from helpers import run_script, size_report_totals
+from helpers import (
+    NETVLAD_FLAGS,
+    NUM_CLASSES,
+    json_record,
+    member_prefix,
+    read_checkpoint,
+    run_script,
+    size_report_totals,
+)
 
-NUM_CLASSES = 20
-MODEL_FLAGS = [
-    "--frame_features", "--feature_names=rgb,audio", "--feature_sizes=1024,128",
-    "--model=NetVLADModelLF", "--iterations=8", "--moe_num_mixtures=2", "--gating=True",
-    "--moe_prob_gating=True", "--netvlad_relu=False", f"--num_classes={NUM_CLASSES}",
-]
 MEMBERS = [(4, 16), (8, 16), (4, 8), (8, 8)]  # (cluster size, hidden size)
 WEIGHTS = [0.4, 0.3, 0.2, 0.1]
-ENS = MODEL_FLAGS + ["--ensemble_num=4"] + [
+ENS = NETVLAD_FLAGS + ["--ensemble_num=4"] + [
     flag for c, h in MEMBERS for flag in (f"--netvlad_cluster_size={c}",
                                           f"--netvlad_hidden_size={h}")]
 ENS_WTS = [f"--ensemble_wts={w}" for w in WEIGHTS]
@@ -61,12 +63,6 @@ def parallel(*jobs):
         return [future.result() for future in futures]
 
 
-def json_line(result):
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == 1, result.stdout
-    return json.loads(lines[0])
-
-
 def read_scores(path):
     """video id -> the full score vector [NUM_CLASSES] of an inference CSV."""
     with open(path) as f:
@@ -82,15 +78,6 @@ def read_scores(path):
     return scores
 
 
-def read_checkpoint(path):
-    reader = tf.compat.v1.train.NewCheckpointReader(path)
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
-
-
-def member_prefix(index):
-    return "tower/" if index == 0 else f"tower/model{index}/"
-
-
 @pytest.fixture(scope="module")
 def workflow(sample_data, tmp_path_factory):
     """Every artefact of the workflow; see the module docstring."""
@@ -104,7 +91,7 @@ def workflow(sample_data, tmp_path_factory):
 
     def single_flags(index):
         c, h = MEMBERS[index]
-        return [*MODEL_FLAGS, f"--netvlad_cluster_size={c}", f"--netvlad_hidden_size={h}"]
+        return [*NETVLAD_FLAGS, f"--netvlad_cluster_size={c}", f"--netvlad_hidden_size={h}"]
 
     def train_single(index, *extra):
         return call("train", train_data, f"--train_dir={w.runs[index]}", *single_flags(index),
@@ -135,7 +122,7 @@ def workflow(sample_data, tmp_path_factory):
     def average_and_evaluate():
         averaged = call("avg_checkpoints", f"--prefix={w.runs[0]}/model.ckpt-",
                         "--checkpoints_start_end=10,30", f"--output_path={w.runs[0]}/{avg_name}")
-        return averaged.stdout, json_line(call(
+        return averaged.stdout, json_record(call(
             "eval", validate, f"--train_dir={w.runs[0]}", *single_flags(0), "--batch_size=7",
             "--run_once=True", f"--checkpoint_file={avg_name}-0"))
 
@@ -159,7 +146,7 @@ def workflow(sample_data, tmp_path_factory):
              f"--checkpoints={','.join(w.singles)}")
         tuned = [validate, f"--train_dir={train_dir}", *ENS, *extra, *ENS_WTS, "--batch_size=7",
                  "--run_once=True", "--checkpoint_file=inference_model_ensemble_YHLS-0"]
-        record = json_line(call("eval", *tuned))
+        record = json_record(call("eval", *tuned))
         if not complete:
             call("inference", f"--train_dir={train_dir}", test_data, f"--top_k={NUM_CLASSES}",
                  f"--inference_model_file={TUNED_NAME}",
@@ -184,7 +171,7 @@ def workflow(sample_data, tmp_path_factory):
         lambda: steps_3_to_7(w.ens16, *FLOAT16),
         lambda: steps_3_to_7(w.ens32, complete=False),
         one_command,
-        lambda: call("search_ensemble_weights", *MODEL_FLAGS, "--ensemble_num=2",
+        lambda: call("search_ensemble_weights", *NETVLAD_FLAGS, "--ensemble_num=2",
                      "--netvlad_cluster_size=4", "--netvlad_hidden_size=16", validate,
                      "--batch_size=7",
                      f"--member_checkpoints={w.runs[0]}/model.ckpt-0,{w.singles[0]}"),
@@ -290,7 +277,7 @@ def test_average_selects_the_right_training_checkpoints(workflow):
 
 
 def test_weight_search_prefers_the_trained_model(workflow):
-    result = json_line(workflow.search)
+    result = json_record(workflow.search)
     weights, member_gaps = result["weights"], result["member_gaps"]
     assert result["num_examples"] == 24
     # Model 1 (trained, averaged) beats model 0 (its step-0 weights) clearly.

@@ -18,16 +18,12 @@ import pytest
 import tensorflow as tf
 
 import checkpoint_utils
-from helpers import REPO, run_script
-
-NUM_CLASSES = 20
-VIDEO_FLAGS = ["--feature_names=mean_rgb,mean_audio", "--feature_sizes=1024,128",
-               f"--num_classes={NUM_CLASSES}", "--model=LogisticModel"]
+from helpers import LOGISTIC_FLAGS, REPO, run_script
 
 
 def train_args(data: str, run_dir: str, *extra: str) -> list:
     return [f"--train_data_pattern={data}/video/train*.tfrecord", f"--train_dir={run_dir}",
-            *VIDEO_FLAGS, "--batch_size=4", "--num_readers=2", "--num_epochs=100000",
+            *LOGISTIC_FLAGS, "--batch_size=4", "--num_readers=2", "--num_epochs=100000",
             "--random_seed=1", *extra]
 
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import overwrite_float16_ckpt
 from errors import UsageError
-from helpers import run_script
+from helpers import member_prefix, read_checkpoint, run_script
 
 V1 = tf.compat.v1
 MEMBERS = 12
@@ -18,10 +18,6 @@ MODEL = {
     "gates/weights": ([2, 3], tf.float16),
     "hidden1_bn/beta": ([3], tf.float32),
 }
-
-
-def _member_prefix(i):
-    return "tower/" if i == 0 else f"tower/model{i}/"
 
 
 def _save_models(paths_and_values, variables, write_meta_graph=True):
@@ -54,7 +50,7 @@ def setup(tmp_path_factory):
     """train_dir with the 12-model template (+ .meta and state file) and 12 sources."""
     root = tmp_path_factory.mktemp("overwrite")
     train_dir = str(root / "ensemble")
-    template_vars = {_member_prefix(i) + inner: spec
+    template_vars = {member_prefix(i) + inner: spec
                      for i in range(MEMBERS) for inner, spec in MODEL.items()}
     _save_models([(os.path.join(train_dir, TEMPLATE), {})], template_vars)
     rng = np.random.default_rng(1)
@@ -64,26 +60,22 @@ def setup(tmp_path_factory):
     return train_dir, sources, str(root)
 
 
-def _read(path):
-    reader = V1.train.NewCheckpointReader(path)
-    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()}
-
 
 def _check_filled(output, sources):
-    written = _read(output)
-    expected_names = {_member_prefix(i) + inner for i in range(MEMBERS) for inner in MODEL}
+    written = read_checkpoint(output)
+    expected_names = {member_prefix(i) + inner for i in range(MEMBERS) for inner in MODEL}
     assert set(written) == expected_names | {"global_step"}  # no Adam slots, no beta powers
     assert written["global_step"].dtype == np.int32 and written["global_step"] == 0
     for i, source in enumerate(sources):
-        source_values = _read(source)
+        source_values = read_checkpoint(source)
         for inner, (_, dtype) in MODEL.items():
-            value = written[_member_prefix(i) + inner]
+            value = written[member_prefix(i) + inner]
             assert value.dtype == dtype.as_numpy_dtype
             # numpy's float32 -> float16 cast rounds to nearest, as required
             np.testing.assert_array_equal(
                 value, source_values["tower/" + inner].astype(dtype.as_numpy_dtype))
     # model1, model10 and model11 hold three different sources
-    firsts = {i: written[_member_prefix(i) + "gates/weights"][0, 0] for i in (1, 10, 11)}
+    firsts = {i: written[member_prefix(i) + "gates/weights"][0, 0] for i in (1, 10, 11)}
     assert len(set(firsts.values())) == 3
     return written
 

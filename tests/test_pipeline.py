@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import run_script
+from helpers import NETVLAD_FLAGS, NETVLAD_SIZES, NUM_CLASSES, json_record, run_script
 
-NUM_CLASSES = 20
-MODEL_FLAGS = [
-    "--frame_features", "--feature_names=rgb,audio", "--feature_sizes=1024,128",
-    "--model=NetVLADModelLF", "--netvlad_cluster_size=4", "--netvlad_hidden_size=16",
-    "--iterations=8", "--moe_num_mixtures=2", "--gating=True", "--moe_prob_gating=True",
-    "--netvlad_relu=False", f"--num_classes={NUM_CLASSES}",
-]
+MODEL_FLAGS = NETVLAD_FLAGS + NETVLAD_SIZES
 
 
 def train(data, run_dir, *extra):
@@ -31,13 +25,6 @@ def evaluate(data, run_dir, *extra):
     return run_script(
         "eval", f"--eval_data_pattern={data}/frame/validate*.tfrecord", f"--train_dir={run_dir}",
         "--batch_size=7", "--run_once=True", *MODEL_FLAGS, *extra)
-
-
-def eval_record(result):
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == 1, result.stdout
-    return json.loads(lines[0])
 
 
 def infer(data, out_csv, *extra):
@@ -110,8 +97,8 @@ def test_unknown_flag_is_refused(sample_data, tmp_path):
 
 def test_training_beats_initial_gap(sample_data, trained):
     run_dir, _ = trained
-    initial = eval_record(evaluate(sample_data, run_dir, "--checkpoint=model.ckpt-0.index"))
-    final = eval_record(evaluate(sample_data, run_dir, "--checkpoint=model.ckpt-60"))
+    initial = json_record(evaluate(sample_data, run_dir, "--checkpoint=model.ckpt-0.index"))
+    final = json_record(evaluate(sample_data, run_dir, "--checkpoint=model.ckpt-60"))
     assert initial["global_step"] == 0 and final["global_step"] == 60
     assert final["gap"] > initial["gap"] + 0.1, (initial, final)
 
@@ -119,8 +106,8 @@ def test_training_beats_initial_gap(sample_data, trained):
 def test_eval_is_deterministic_and_resaves(sample_data, trained):
     run_dir, _ = trained
     state_before = open(os.path.join(run_dir, "checkpoint")).read()
-    first = eval_record(evaluate(sample_data, run_dir, "--checkpoint=model.ckpt-40.index"))
-    second = eval_record(evaluate(sample_data, run_dir, "--checkpoint=model.ckpt-40",
+    first = json_record(evaluate(sample_data, run_dir, "--checkpoint=model.ckpt-40.index"))
+    second = json_record(evaluate(sample_data, run_dir, "--checkpoint=model.ckpt-40",
                                   "--batch_size=64"))
     for key in ("hit_at_one", "perr", "map", "gap", "loss"):
         assert first[key] == pytest.approx(second[key], abs=2e-5), key

@@ -5,11 +5,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from helpers import run_script
+from helpers import NETVLAD_FLAGS, NETVLAD_SIZES, run_script
 
-FLAGS = ["--frame_features", "--feature_names=rgb,audio", "--feature_sizes=1024,128",
-         "--netvlad_cluster_size=4", "--netvlad_hidden_size=8", "--iterations=6",
-         "--moe_num_mixtures=2", "--gating=True", "--moe_prob_gating=True", "--num_classes=20"]
+FLAGS = NETVLAD_FLAGS + NETVLAD_SIZES
 
 
 def test_saved_model_matches_inference_csv(sample_data, tmp_path):
