@@ -1,18 +1,38 @@
-"""Every flag of train.py, eval.py and inference.py, defined once.
+"""Every flag of train.py, eval.py and inference.py, defined once, and the one place
+that turns them into the typed configuration (model_config.py).
 
 Users paste one flag line into all three scripts, so each script accepts every
 flag defined here and logs the given ones it does not use.  A flag defined
 nowhere (a typo such as ``--max_step``) is rejected by absl at parse time.
+Only the scripts import this module; what they build from it is passed down.
 
-Models read their hyperparameters through :func:`value`, which works before
-the flags are parsed (tests, notebooks), so an explicit argument can always
-win over the flag.
+A run directory's model_flags.json wins over the flags: a model flag given on
+the command line must agree with it (``--ensemble_wts`` excepted: the ensemble
+workflow evaluates one graph with several mixings), and the flags not given
+take the file's values.
 """
-from typing import Any, Dict, List, Tuple
+import dataclasses
+import sys
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from absl import flags, logging
 
+import registry
 from errors import UsageError
+from model_config import (
+    SETTING_NAMES,
+    TRAINING_FIELDS,
+    DataConfig,
+    MemberConfig,
+    ModelConfig,
+    ModelSettings,
+    StoredConfig,
+    TrainingConfig,
+    read_json,
+    split_feature_lists,
+    split_names,
+    split_sizes,
+)
 
 FLAGS = flags.FLAGS
 
@@ -41,19 +61,21 @@ _define("string", "eval_data_pattern", "",
         "Comma-separated globs of evaluation TFRecord files.", (EVAL,))
 _define("string", "input_data_pattern", "",
         "Comma-separated globs of TFRecord files to predict.", (INFERENCE,))
-_define("string", "feature_names", "mean_rgb",
+_DATA, _TRAINING = DataConfig(), TrainingConfig()
+_define("string", "feature_names", ",".join(_DATA.feature_names),
         "Comma-separated feature names, in the order they are concatenated.")
-_define("string", "feature_sizes", "1024",
+_define("string", "feature_sizes", ",".join(map(str, _DATA.feature_sizes)),
         "Comma-separated feature sizes, one per feature name.")
-_define("bool", "frame_features", False,
+_define("bool", "frame_features", _DATA.frame_features,
         "True for frame-level (SequenceExample) data, False for video-level.")
-_define("integer", "num_classes", 3862,
+_define("integer", "num_classes", _DATA.num_classes,
         "Number of classes (3862 for 2018 data, 4716 for 2017 data).")
-_define("integer", "max_frames", 300, "Frames kept per video (truncate or zero-pad).")
-_define("bool", "skip_corrupt_records", False,
+_define("integer", "max_frames", _DATA.max_frames, "Frames kept per video (truncate or zero-pad).")
+_define("bool", "skip_corrupt_records", _TRAINING.skip_corrupt_records,
         "Skip and count corrupt TFRecord entries instead of failing.")
-_define("integer", "num_readers", 8, "Files read in parallel.")
-_define("integer", "batch_size", 1024, "Examples per batch (per tower in training).")
+_define("integer", "num_readers", _TRAINING.num_readers, "Files read in parallel.")
+_define("integer", "batch_size", _TRAINING.batch_size,
+        "Examples per batch (per tower in training).")
 
 # --- Training ----------------------------------------------------------------
 _define("string", "checkpoint_file", "",
@@ -62,50 +84,51 @@ _define("string", "model", "NetVLADModelLF",
         "Model class from frame_level_models or video_level_models.")
 _define("bool", "start_new_model", False,
         "Clear train_dir and train from scratch.", (TRAIN,))
-_define("integer", "num_gpu", 1, "GPUs to split each training step over.", (TRAIN,))
-_define("bool", "cpu_towers", False,
+_define("integer", "num_gpu", _TRAINING.num_gpu, "GPUs to split each training step over.", (TRAIN,))
+_define("bool", "cpu_towers", _TRAINING.cpu_towers,
         "Advanced/testing: run the --num_gpu towers on as many virtual CPU devices "
         "(without it, a machine with fewer GPUs trains with fewer towers).", (TRAIN,))
 _define("string", "label_loss", "CrossEntropyLoss", "Loss class from losses.py.")
-_define("float", "regularization_penalty", 1.0,
+_define("float", "regularization_penalty", _TRAINING.regularization_penalty,
         "Weight of the regularisation losses in the total loss.", (TRAIN,))
-_define("float", "base_learning_rate", 0.01, "Initial learning rate.", (TRAIN,))
-_define("float", "learning_rate_decay", 0.95,
+_define("float", "base_learning_rate", _TRAINING.base_learning_rate,
+        "Initial learning rate.", (TRAIN,))
+_define("float", "learning_rate_decay", _TRAINING.learning_rate_decay,
         "Learning rate decay factor per learning_rate_decay_examples.", (TRAIN,))
-_define("float", "learning_rate_decay_examples", 4000000,
+_define("float", "learning_rate_decay_examples", _TRAINING.learning_rate_decay_examples,
         "Examples seen between two learning-rate decays (staircase).", (TRAIN,))
-_define("integer", "num_epochs", 5, "Passes over the training data.", (TRAIN,))
-_define("integer", "max_steps", None, "Stop after this global step.", (TRAIN,))
-_define("integer", "export_model_steps", 1000, "Steps between checkpoints.", (TRAIN,))
-_define("integer", "save_checkpoint_secs", 900,
+_define("integer", "num_epochs", _TRAINING.num_epochs, "Passes over the training data.", (TRAIN,))
+_define("integer", "max_steps", _TRAINING.max_steps, "Stop after this global step.", (TRAIN,))
+_define("integer", "export_model_steps", _TRAINING.export_model_steps,
+        "Steps between checkpoints.", (TRAIN,))
+_define("integer", "save_checkpoint_secs", _TRAINING.save_checkpoint_secs,
         "Also save a checkpoint when this many seconds passed since the last.", (TRAIN,))
-_define("string", "optimizer", "AdamOptimizer",
+_define("string", "optimizer", _TRAINING.optimizer,
         "Optimizer class from tf.compat.v1.train.", (TRAIN,))
-_define("float", "clip_gradient_norm", 1.0,
+_define("float", "clip_gradient_norm", _TRAINING.clip_gradient_norm,
         "Per-tensor gradient norm clip; <= 0 disables clipping.", (TRAIN,))
-_define("bool", "log_device_placement", False, "Log where ops run.", (TRAIN,))
-_define("bool", "export_saved_model", False,
+_define("bool", "log_device_placement", _TRAINING.log_device_placement,
+        "Log where ops run.", (TRAIN,))
+_define("bool", "export_saved_model", _TRAINING.export_saved_model,
         "Also write a SavedModel under train_dir/export/step_N at each checkpoint.", (TRAIN,))
-_define("integer", "random_seed", None,
+_define("integer", "random_seed", _TRAINING.random_seed,
         "Graph-level random seed; None draws a fresh one.", (TRAIN,))
 
 # --- Speed (performance.py) -----------------------------------------------------
-_define("string", "mixed_precision", "none",
+_define("string", "mixed_precision", _TRAINING.mixed_precision,
         "none, bfloat16 (matmuls in bfloat16 on CPUs with AVX512_BF16/AMX) or float16 "
         "(GPUs, with dynamic loss scaling); changes results beyond float32 round-off.",
         (TRAIN,))
-_define("bool", "xla", False,
+_define("bool", "xla", _TRAINING.xla,
         "Compile the training step with XLA auto-clustering (GPUs; CPUs keep oneDNN).",
         (TRAIN,))
-_define("integer", "intra_op_threads", 0, "Threads per op; 0: one per core.", (TRAIN,))
-_define("integer", "inter_op_threads", 0, "Ops run at once; 0: one per core.", (TRAIN,))
+_define("integer", "intra_op_threads", _TRAINING.intra_op_threads,
+        "Threads per op; 0: one per core.", (TRAIN,))
+_define("integer", "inter_op_threads", _TRAINING.inter_op_threads,
+        "Ops run at once; 0: one per core.", (TRAIN,))
 
 # --- Ensembles -------------------------------------------------------------------
 _define("integer", "ensemble_num", 1, "Number of models in one graph.")
-_define("multi_integer", "netvlad_cluster_size", [64],
-        "Cluster size per ensemble member (repeat the flag per member).")
-_define("multi_integer", "netvlad_hidden_size", [1024],
-        "Hidden size per ensemble member (repeat the flag per member).")
 _define("multi_float", "ensemble_wts", [1.0],
         "Mixing weight per ensemble member (repeat the flag per member).")
 
@@ -133,49 +156,65 @@ _define("string", "output_file", "", "Submission CSV to write.", (INFERENCE,))
 _define("string", "output_model_tgz", "",
         "Also pack the inference model into this .tgz.", (INFERENCE,))
 
-# --- Models ------------------------------------------------------------------------
-_define("integer", "iterations", 30, "Frames sampled per video.")
-_define("bool", "sample_random_frames", True,
-        "Sample frames at random with replacement; False samples a random run.")
-_define("bool", "sample_random_frames_at_eval", False,
-        "Sample frames at random in eval and inference too (2018 behaviour).")
-_define("bool", "netvlad_add_batch_norm", True, "Batch norm in the pooling blocks.")
-_define("bool", "netvlad_relu", True,
-        "ReLU after the hidden layer (no effect on NetVLADModelLF, as in 2018).")
-_define("bool", "gating", False, "Context gating after the hidden layers.")
-_define("bool", "gating_remove_diag", False, "Remove the diagonal of probability gating.")
-_define("bool", "lightvlad", False, "Use LightVLAD pooling.")
-_define("bool", "vlagd", False, "Use NetVLAGD pooling.")
-_define("bool", "float16_flag", False, "Store the large weight matrices in float16.")
-_define("string", "video_level_classifier_model", "MoeModel",
-        "Classifier on top of frame-level pooling.")
-_define("integer", "moe_num_mixtures", 5, "Experts per class in MoeModel.")
-_define("float", "moe_l2", 1e-8, "L2 penalty of the MoE weights.")
-_define("bool", "moe_prob_gating", False, "Gate the MoE probabilities.")
-_define("string", "moe_prob_gating_input", "prob",
-        "Input of probability gating: 'prob', or anything else for the hidden input.")
-_define("integer", "moe_low_rank_gating", -1, "Rank of low-rank MoE gates; -1 is full.")
-_define("bool", "dbof_add_batch_norm", True, "Batch norm on the DBoF input.")
-_define("integer", "dbof_cluster_size", 16384, "DBoF cluster units.")
-_define("integer", "dbof_hidden_size", 2048, "DBoF hidden units.")
-_define("bool", "dbof_relu", True, "ReLU after the DBoF hidden layer.")
-_define("string", "dbof_activation", "relu", "DBoF cluster activation: relu or glu.")
-_define("string", "dbof_pooling_method", "max", "DbofModel frame pooling: max or average.")
-_define("bool", "softdbof_maxpool", False, "Add max pooling to SoftDBoF.")
-_define("bool", "fc_dimred", True, "Hidden layer after DBoF pooling.")
-_define("integer", "fv_cluster_size", 64, "NetFV clusters.")
-_define("integer", "fv_hidden_size", 2048, "NetFV hidden units.")
-_define("bool", "fv_relu", True, "ReLU after the NetFV hidden layer.")
-_define("bool", "fv_couple_weights", True, "Couple NetFV centres to the cluster weights.")
-_define("float", "fv_coupling_factor", 0.01, "NetFV coupling factor.")
-_define("integer", "lstm_cells", 1024, "LSTM units per layer.")
-_define("integer", "lstm_layers", 2, "LSTM layers.")
-_define("bool", "lstm_random_sequence", False, "Sample frames before the LSTM.")
-_define("bool", "lstm_backward", False, "Read frames backwards in the LSTM.")
-_define("integer", "gru_cells", 1024, "GRU units per layer.")
-_define("integer", "gru_layers", 2, "GRU layers.")
-_define("bool", "gru_random_sequence", False, "Sample frames before the GRU.")
-_define("bool", "gru_backward", False, "Read frames backwards in the GRU.")
+# --- Models: one flag per setting of model_config.ModelSettings, with its default ---------
+_SETTING_HELP = {
+    "iterations": "Frames sampled per video.",
+    "sample_random_frames": "Sample frames at random with replacement; False samples a random run.",
+    "sample_random_frames_at_eval": "Sample frames at random in eval and inference too "
+                                    "(2018 behaviour).",
+    "netvlad_cluster_size": "Cluster size per ensemble member (repeat the flag per member).",
+    "netvlad_hidden_size": "Hidden size per ensemble member (repeat the flag per member).",
+    "netvlad_add_batch_norm": "Batch norm in the pooling blocks.",
+    "netvlad_relu": "ReLU after the hidden layer (no effect on NetVLADModelLF, as in 2018).",
+    "gating": "Context gating after the hidden layers.",
+    "gating_remove_diag": "Remove the diagonal of probability gating.",
+    "lightvlad": "Use LightVLAD pooling.",
+    "vlagd": "Use NetVLAGD pooling.",
+    "float16_flag": "Store the large weight matrices in float16.",
+    "video_level_classifier_model": "Classifier on top of frame-level pooling.",
+    "moe_num_mixtures": "Experts per class in MoeModel.",
+    "moe_l2": "L2 penalty of the MoE weights.",
+    "moe_prob_gating": "Gate the MoE probabilities.",
+    "moe_prob_gating_input": "Input of probability gating: 'prob', or anything else for the "
+                             "hidden input.",
+    "moe_low_rank_gating": "Rank of low-rank MoE gates; -1 is full.",
+    "dbof_add_batch_norm": "Batch norm on the DBoF input.",
+    "dbof_cluster_size": "DBoF cluster units.",
+    "dbof_hidden_size": "DBoF hidden units.",
+    "dbof_relu": "ReLU after the DBoF hidden layer.",
+    "dbof_activation": "DBoF cluster activation: relu or glu.",
+    "dbof_pooling_method": "DbofModel frame pooling: max or average.",
+    "softdbof_maxpool": "Add max pooling to SoftDBoF.",
+    "fc_dimred": "Hidden layer after DBoF pooling.",
+    "fv_cluster_size": "NetFV clusters.",
+    "fv_hidden_size": "NetFV hidden units.",
+    "fv_relu": "ReLU after the NetFV hidden layer.",
+    "fv_couple_weights": "Couple NetFV centres to the cluster weights.",
+    "fv_coupling_factor": "NetFV coupling factor.",
+    "lstm_cells": "LSTM units per layer.",
+    "lstm_layers": "LSTM layers.",
+    "lstm_random_sequence": "Sample frames before the LSTM.",
+    "lstm_backward": "Read frames backwards in the LSTM.",
+    "gru_cells": "GRU units per layer.",
+    "gru_layers": "GRU layers.",
+    "gru_random_sequence": "Sample frames before the GRU.",
+    "gru_backward": "Read frames backwards in the GRU.",
+}
+# Settings that may differ per ensemble member: the flag is repeated, once per member.
+MEMBER_FLAGS = ("netvlad_cluster_size", "netvlad_hidden_size")
+_KINDS = {bool: "bool", int: "integer", float: "float", str: "string"}
+
+
+def _define_settings() -> None:
+    for setting in dataclasses.fields(ModelSettings):
+        kind = _KINDS[type(setting.default)]
+        if setting.name in MEMBER_FLAGS:
+            _define("multi_" + kind, setting.name, [setting.default], _SETTING_HELP[setting.name])
+        else:
+            _define(kind, setting.name, setting.default, _SETTING_HELP[setting.name])
+
+
+_define_settings()
 
 _SCRIPT_DEFAULTS = {
     INFERENCE: {"train_dir": "", "batch_size": 512, "num_readers": 12},
@@ -187,9 +226,9 @@ def value(name: str) -> Any:
     return FLAGS[name].value
 
 
-def arg_or_flag(argument: Any, name: str) -> Any:
-    """A model's explicit argument (even False or 0) wins; None means the flag's value."""
-    return value(name) if argument is None else argument
+def present(name: str) -> bool:
+    """True when the flag was given on the command line."""
+    return FLAGS[name].present > 0
 
 
 def set_script_defaults(script: str) -> None:
@@ -211,36 +250,198 @@ def log_unused_flags(script: str) -> None:
         logging.info("%s.py does not use these given flags: %s", script, ", ".join(unused))
 
 
-def parse_feature_flags(names: str, sizes: str) -> Tuple[List[str], List[int]]:
-    """Splits --feature_names/--feature_sizes; their lengths must agree."""
-    feature_names = [n.strip() for n in names.split(",") if n.strip()]
-    try:
-        feature_sizes = [int(s) for s in sizes.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--feature_sizes={sizes!r} must be comma-separated integers") from None
-    if len(feature_names) != len(feature_sizes):
-        raise UsageError(
-            f"--feature_names={names!r} has {len(feature_names)} entries but "
-            f"--feature_sizes={sizes!r} has {len(feature_sizes)}")
-    return feature_names, feature_sizes
+def runner_hooks(script: str) -> Tuple[Callable[[], None], Callable[[], None]]:
+    """cli.run's (before_parse, after_parse) for ``script``: its defaults, --help listing
+    the flags it reads, and one log line naming given flags it ignores."""
+    def before() -> None:
+        set_script_defaults(script)
+        for flag in script_flags(script):  # so --help lists them, not only --helpfull
+            FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+    def after() -> None:
+        log_unused_flags(script)
+    return before, after
 
 
-def ensemble_members() -> List[Tuple[int, int, float]]:
-    """(cluster_size, hidden_size, weight) per ensemble member.
+def positive(name: str) -> int:
+    """An integer flag that must be at least 1 (``--top_k``, ``--batch_size``, ...)."""
+    number = value(name)
+    if number is None or number < 1:
+        raise UsageError(f"--{name}={number} must be at least 1")
+    return number
 
-    A flag given once is broadcast to every member; otherwise each repeated
-    flag must have exactly --ensemble_num values.
+
+def define_member_checkpoints() -> None:
+    """--member_checkpoints, of build_ensemble.py and search_ensemble_weights.py."""
+    flags.DEFINE_string("member_checkpoints", "",
+                        "Comma-separated single-model checkpoints (full paths), one per "
+                        "ensemble member, in the order of the repeated model flags.")
+
+
+def tool_model_config() -> ModelConfig:
+    """The model of a tool that builds one (search, size report): --train_dir's
+    model_flags.json when --train_dir is given and has one (flags must agree), else the
+    flags."""
+    stored = None
+    if present("train_dir"):
+        stored = read_json(value("train_dir"))
+    return resolve_model_config(stored)
+
+
+# --- Flags -> configuration ------------------------------------------------------
+
+
+def _per_member(name: str, members: int) -> List[Any]:
+    """A repeated flag's values, one per member; a single value is broadcast."""
+    values = list(value(name))
+    if len(values) == 1:
+        values = values * members
+    if len(values) != members:
+        raise UsageError(f"--{name} was given {len(values)} times but --ensemble_num={members}")
+    return values
+
+
+def data_config() -> DataConfig:
+    names, sizes = split_feature_lists(value("feature_names"), value("feature_sizes"))
+    return DataConfig(feature_names=names, feature_sizes=sizes,
+                      frame_features=bool(value("frame_features")),
+                      num_classes=value("num_classes"), max_frames=value("max_frames"))
+
+
+def member_size_settings(model: str, members: int) -> Dict[str, str]:
+    """Which setting each repeated member flag sets: in an ensemble, as in 2018, member i's
+    --netvlad_cluster_size / --netvlad_hidden_size are the cluster and hidden size of
+    whatever model it is (DbofModelLF: dbof_cluster_size, ...); a model without such a
+    size keeps the flag's own setting (and refuses a changed one)."""
+    targets = {name: name for name in MEMBER_FLAGS}
+    if members > 1:
+        arguments = registry.find_model(model).SETTINGS
+        for flag, argument in (("netvlad_cluster_size", "cluster_size"),
+                               ("netvlad_hidden_size", "hidden_size")):
+            targets[flag] = next((s for s, a in arguments.items() if a == argument), flag)
+    return targets
+
+
+def model_config() -> ModelConfig:
+    """The model configuration the command line describes (no file consulted)."""
+    count = value("ensemble_num")
+    if count < 1:
+        raise UsageError(f"--ensemble_num={count} must be at least 1")
+    targets = member_size_settings(value("model"), count)
+    shared = {name: value(name) for name in SETTING_NAMES
+              if name not in MEMBER_FLAGS and name not in targets.values()}
+    per_member = {targets[name]: _per_member(name, count) for name in MEMBER_FLAGS}
+    weights = _per_member("ensemble_wts", count)
+    members = tuple(
+        MemberConfig(model=value("model"), weight=float(weights[i]), settings=ModelSettings(
+            **shared, **{name: values[i] for name, values in per_member.items()}))
+        for i in range(count))
+    return ModelConfig(data=data_config(), members=members, label_loss=value("label_loss"))
+
+
+def training_config(stored: TrainingConfig | None = None) -> TrainingConfig:
+    """The training settings: the flags given, else ``stored``'s (a resumed run's), else
+    the flags' defaults."""
+    return TrainingConfig(**{
+        name: value(name) if stored is None or present(name) else getattr(stored, name)
+        for name in TRAINING_FIELDS})
+
+
+def _text(values: Any) -> str:
+    if isinstance(values, (list, tuple)):
+        return ",".join(str(v) for v in values)
+    return str(values)
+
+
+def _disagree(name: str, flag_value: Any, path: str, stored_value: Any) -> UsageError:
+    return UsageError(f"--{name}={_text(flag_value)} disagrees with {path}, which says "
+                      f"{name}={_text(stored_value)}; drop the flag, or use another --train_dir")
+
+
+def _stored_values(config: ModelConfig) -> Dict[str, Any]:
+    """What the file says for each model flag, in the flags' form (per member: a list)."""
+    data = config.data
+    stored: Dict[str, Any] = {
+        "feature_names": data.feature_names, "feature_sizes": data.feature_sizes,
+        "frame_features": data.frame_features, "num_classes": data.num_classes,
+        "max_frames": data.max_frames, "label_loss": config.label_loss,
+        "ensemble_num": len(config.members), "model": [m.model for m in config.members]}
+    for name in SETTING_NAMES:
+        stored[name] = [getattr(m.settings, name) for m in config.members]
+    return stored
+
+
+def _flag_values(members: int, model: str) -> Dict[str, Any]:
+    """The given model flags in the form of :func:`_stored_values` (``model``'s: where
+    an ensemble's member flags go, see :func:`member_size_settings`)."""
+    targets = member_size_settings(model, members)
+    given: Dict[str, Any] = {}
+    for name in ("feature_names", "feature_sizes", "frame_features", "num_classes",
+                 "max_frames", "label_loss", "ensemble_num", "model", *SETTING_NAMES):
+        if not present(name):
+            continue
+        if name == "feature_names":  # each alone: the other may come from the file
+            given[name] = split_names(value(name))
+        elif name == "feature_sizes":
+            given[name] = split_sizes(value(name))
+        elif name in MEMBER_FLAGS:
+            given[targets[name]] = list(value(name)) * (members if len(value(name)) == 1 else 1)
+        elif name == "model" or name in SETTING_NAMES:
+            given[name] = [value(name)] * members
+        else:
+            given[name] = value(name)
+    return given
+
+
+def _check_agreement(stored: Dict[str, Any], given: Dict[str, Any], path: str,
+                     model: str) -> None:
+    flag_of = {setting: flag for flag, setting in
+               member_size_settings(model, stored.get("ensemble_num", 1)).items()}
+    for name, flag_value in given.items():
+        if name in stored and list(_as_list(flag_value)) != list(_as_list(stored[name])):
+            flag = flag_of.get(name, name)
+            raise _disagree(flag, value(flag), path, _shown(stored[name]))
+
+
+def _as_list(values: Any) -> Sequence[Any]:
+    return values if isinstance(values, (list, tuple)) else [values]
+
+
+def _shown(values: Any) -> Any:
+    """A per-member list whose members agree, as one value."""
+    if isinstance(values, list) and values and all(v == values[0] for v in values):
+        return values[0]
+    return values
+
+
+def resolve_model_config(stored: StoredConfig | None) -> ModelConfig:
+    """The model configuration of a run: the file's, checked against the given flags.
+
+    No file: the flags'.  A 2018 file (five keys) or a format-2 one (seven):
+    its keys, checked against the given flags, and the flags for the rest; a
+    2018 file's ``model`` is ignored (the 2018 code recorded --model but
+    always built NetVLADModelLF), unless --model is given.
     """
-    n = value("ensemble_num")
-    if n < 1:
-        raise UsageError(f"--ensemble_num={n} must be at least 1")
-    columns = []
-    for name in ("netvlad_cluster_size", "netvlad_hidden_size", "ensemble_wts"):
-        values = list(value(name))
-        if len(values) == 1:
-            values = values * n
-        if len(values) != n:
-            raise UsageError(
-                f"--{name} was given {len(values)} times but --ensemble_num={n}")
-        columns.append(values)
-    return list(zip(*columns, strict=True))
+    if stored is None:
+        return model_config()
+    if stored.model is None:
+        known = dict(stored.partial)
+        if stored.legacy_2018:
+            known["model"] = value("model") if present("model") else "NetVLADModelLF"
+        from_flags = model_config()
+        members = len(from_flags.members)
+        file_values = {k: ([v] * members if k == "model" else v) for k, v in known.items()}
+        _check_agreement(file_values, _flag_values(members, known["model"]), stored.path,
+                         known["model"])
+        data = dataclasses.replace(from_flags.data, **{
+            k: v for k, v in known.items() if k in ("feature_names", "feature_sizes",
+                                                    "frame_features", "num_classes")})
+        members_config = tuple(dataclasses.replace(m, model=known["model"])
+                               for m in from_flags.members)
+        return ModelConfig(data=data, members=members_config, label_loss=known["label_loss"])
+    config = stored.model
+    _check_agreement(_stored_values(config), _flag_values(len(config.members), config.model),
+                     stored.path, config.model)
+    if present("ensemble_wts"):
+        config = config.with_weights(_per_member("ensemble_wts", len(config.members)))
+    return config

@@ -25,6 +25,7 @@ import tensorflow as tf
 from absl import flags
 
 import checkpoint_utils
+import cli
 from errors import UsageError
 
 FLAGS = flags.FLAGS
@@ -166,8 +167,7 @@ def main() -> None:
 
 def run() -> None:
     """Entry point: defines the flags, parses them and runs :func:`main`."""
-    define_flags()
-    checkpoint_utils.run_tool(main)
+    cli.run(main, define_flags)
 
 
 if __name__ == "__main__":

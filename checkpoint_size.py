@@ -11,7 +11,8 @@ bytes as stored and what the same variables would take all in float32 (and
 all in float16), and warns when the total is over the limit
 (``--fail_over_limit`` makes that an error).
 
-Without ``--checkpoint`` the report is of the inference graph that the model
+Without ``--checkpoint`` the report is of the inference graph that
+``--train_dir``'s model_flags.json (when --train_dir is given) or the model
 flags describe (the flags of train.py: --model, --ensemble_num, the repeated
 --netvlad_cluster_size/--netvlad_hidden_size, --float16_flag, --num_classes,
 ...), built without data or weights, which is the size eval.py's re-save of
@@ -26,9 +27,10 @@ from absl import flags
 
 import app_flags
 import checkpoint_utils
-import model_config
+import cli
 import model_graph
 from errors import UsageError
+from model_config import ModelConfig
 
 FLAGS = flags.FLAGS
 
@@ -113,24 +115,25 @@ def size_report(checkpoint_path: str) -> Dict[str, Any]:
     return report
 
 
-def size_report_from_flags() -> Dict[str, Any]:
-    """:func:`size_report_from_shapes` of the inference graph the model flags describe."""
-    graph = model_graph.build_inference_graph(model_config.from_flags())
+def size_report_from_config(config: ModelConfig) -> Dict[str, Any]:
+    """:func:`size_report_from_shapes` of the inference graph of ``config``."""
+    graph = model_graph.build_inference_graph(config)
     with graph.as_default():
         variables = tf.compat.v1.global_variables()
     return size_report_from_shapes(
         {v.op.name: (v.shape.as_list(), v.dtype.base_dtype) for v in variables})
 
 
-def describe_flags_model() -> str:
-    """One line naming the model the flags describe, for the report's header."""
-    members = app_flags.ensemble_members()
-    model = app_flags.value("model")
+def describe_model(config: ModelConfig) -> str:
+    """One line naming the model of ``config``, for the report's header."""
+    members = config.members
+    model = config.model
     if len(members) > 1:  # the repeated flags set each member's sizes
-        sizes = ", ".join(f"c{c}h{h}" for c, h, _ in members)
+        sizes = ", ".join(f"c{m.settings.netvlad_cluster_size}h{m.settings.netvlad_hidden_size}"
+                          for m in members)
         model = f"{model} x{len(members)} ({sizes})"
-    return (f"{model}, float16_flag={app_flags.value('float16_flag')}, "
-            f"num_classes={app_flags.value('num_classes')}")
+    return (f"{model}, float16_flag={members[0].settings.float16_flag}, "
+            f"num_classes={config.num_classes}")
 
 
 def _mb(n: int) -> str:
@@ -170,12 +173,15 @@ def main() -> None:
         print(f"checkpoint: {checkpoint}")
     else:
         try:
-            report = size_report_from_flags()
+            config = app_flags.tool_model_config()
+            model_graph.validate(config)
+            report = size_report_from_config(config)
         except UsageError as e:
             raise UsageError(f"{e} (without --checkpoint, checkpoint_size.py measures the "
-                             "model the model flags describe)") from None
+                             "model of --train_dir's model_flags.json or of the model flags)"
+                             ) from None
         what = "the model of the flags"
-        print(f"model flags: {describe_flags_model()}")
+        print(f"model flags: {describe_model(config)}")
     print(format_report(report))
     if report["over_limit"] and FLAGS.fail_over_limit:
         raise UsageError(f"{what} takes {report['total_bytes']:,} bytes, "
@@ -184,8 +190,7 @@ def main() -> None:
 
 def run() -> None:
     """Entry point: defines the flags, parses them and runs :func:`main`."""
-    define_flags()
-    checkpoint_utils.run_tool(main)
+    cli.run(main, define_flags)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,12 @@ All paths go through ``tf.io.gfile``: local, ``gs://`` and ``ram://`` work.
 import posixpath
 import re
 import uuid
-from typing import Any, Callable, Collection, Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Any, Collection, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
-from absl import app
 
-from errors import UsageError, exit_with_message, parse_flags
+from errors import UsageError
 
 gfile = tf.io.gfile
 
@@ -219,26 +218,6 @@ def read_tensor(reader: Any, name: str, path: str) -> np.ndarray:
     except Exception as e:  # the reader raises OpError, ValueError, IndexError, ...
         raise UsageError(
             f"cannot read {name} from checkpoint {path}: {describe_error(e)}") from None
-
-
-def run_tool(main: Callable[[], None]) -> None:
-    """Runs a checkpoint tool's ``main`` under absl with the error contract.
-
-    A problem the user can fix ends in one ``ERROR:`` line and a non-zero
-    exit, never in a traceback.  (cli.run is the same for train/eval/inference,
-    but it imports app_flags, whose flags these tools must not accept.)
-    """
-    def wrapped(argv: List[str]) -> None:
-        if len(argv) > 1:
-            exit_with_message(f"unexpected arguments {' '.join(argv[1:])}: flags are --name=value")
-        try:
-            main()
-        except UsageError as e:
-            exit_with_message(str(e))
-        except tf.errors.OpError as e:
-            exit_with_message(f"{type(e).__name__}: {describe_error(e)}")
-
-    app.run(wrapped, flags_parser=parse_flags)
 
 
 def describe_error(error: Exception) -> str:

@@ -1,18 +1,18 @@
-"""Runs a script's main under absl with the toolkit's error contract.
+"""The one command-line runner of every script and tool.
 
-A problem the user can fix ends in one ``ERROR:`` line naming the flag, file
-or value and a non-zero exit, never in a TensorFlow traceback.
+It parses the flags and calls the script's ``main`` under the toolkit's error
+contract: a problem the user can fix ends in one ``ERROR:`` line naming the
+flag, file or value and a non-zero exit, never in a traceback.  The runner
+defines no flags itself, so a tool accepts only the flags it defines.
 """
 import re
-import sys
-from typing import Callable
+from typing import Callable, List
 
 import tensorflow as tf
 from absl import app, flags
 
-import app_flags
 import readers
-from errors import UsageError, exit_with_message, parse_flags
+from errors import UsageError, exit_with_message
 
 
 def describe_op_error(error: tf.errors.OpError) -> str:
@@ -25,22 +25,36 @@ def describe_op_error(error: tf.errors.OpError) -> str:
     return f"{type(error).__name__}: {message}"
 
 
-def run(main: Callable[[], None], script: str) -> None:
-    """Parses the flags (with ``script``'s defaults) and calls ``main``."""
-    app_flags.set_script_defaults(script)
-    for flag in app_flags.script_flags(script):  # so --help lists them, not only --helpfull
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+def _parse_flags(argv: List[str]) -> List[str]:
+    """absl's flag parsing, but a bad flag (``--max_step``) ends in one ``ERROR:`` line
+    (absl's own report is two lines, the last of which does not name the flag)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        exit_with_message(f"{e} (--helpfull lists the flags)")
 
-    def wrapped(argv):
+
+def run(main: Callable[[], None], before_parse: Callable[[], None] | None = None,
+        after_parse: Callable[[], None] | None = None) -> None:
+    """Parses the flags and calls ``main``.
+
+    ``before_parse`` defines the script's own flags (or sets per-script
+    defaults); ``after_parse`` runs before ``main`` under the same contract.
+    """
+    if before_parse:
+        before_parse()
+
+    def wrapped(argv: List[str]) -> None:
         if len(argv) > 1:
             exit_with_message(f"unexpected arguments {' '.join(argv[1:])}: flags are --name=value")
-        app_flags.log_unused_flags(script)
         tf.compat.v1.disable_eager_execution()
         try:
+            if after_parse:
+                after_parse()
             main()
         except UsageError as e:
             exit_with_message(str(e))
         except tf.errors.OpError as e:
             exit_with_message(describe_op_error(e))
 
-    app.run(wrapped, flags_parser=parse_flags)
+    app.run(wrapped, flags_parser=_parse_flags)

@@ -1,8 +1,8 @@
 """One exception type for problems the user can fix, reported in one line."""
 import sys
-from typing import List, NoReturn
+from typing import NoReturn
 
-from absl import flags, logging
+from absl import logging
 
 
 class UsageError(Exception):
@@ -15,15 +15,3 @@ def exit_with_message(message: str, code: int = 1) -> NoReturn:
     sys.stderr.write("ERROR: " + " ".join(str(message).split()) + "\n")
     sys.stderr.flush()
     sys.exit(code)
-
-
-def parse_flags(argv: List[str]) -> List[str]:
-    """absl's flag parsing, but a bad flag (``--max_step``) ends in one ``ERROR:`` line.
-
-    Pass as ``app.run(main, flags_parser=parse_flags)``; absl's own report is
-    two lines, the last of which does not name the flag.
-    """
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        exit_with_message(f"{e} (--helpfull lists the flags)")

@@ -3,7 +3,10 @@
     python eval.py --eval_data_pattern=DATA/frame/validate*.tfrecord --train_dir=RUN \\
         --run_once=True --checkpoint=model.ckpt-170010.index
 
-The data and model choices come from RUN/model_flags.json.  Right after the
+The data and model choices come from RUN/model_flags.json (model flags given
+on the command line must agree with it), so the command above needs no model
+flags; eval.py started before train.py has written the file waits for it.
+Right after the
 restore, the checkpoint is re-saved with its inference meta graph under the
 names the ensemble workflow expects (see checkpoint_utils.inference_name).
 """
@@ -25,7 +28,9 @@ import input_pipeline
 import model_config
 import model_graph
 import readers
+import registry
 from errors import UsageError
+from model_config import ModelConfig
 
 
 @dataclass
@@ -39,7 +44,29 @@ class EvalGraph:
     loss: tf.Tensor | None
 
 
-def build_eval_graph(config: model_config.ModelConfig, files) -> EvalGraph:
+@dataclass(frozen=True)
+class EvalSettings:
+    """What eval.py reads besides the model configuration."""
+
+    batch_size: int
+    top_k: int
+    num_readers: int
+    skip_corrupt_records: bool
+    force_output_model_name: bool
+    create_meta_only: bool
+
+
+def eval_settings() -> EvalSettings:
+    """The flags of this script, checked before any work."""
+    return EvalSettings(
+        batch_size=app_flags.positive("batch_size"), top_k=app_flags.positive("top_k"),
+        num_readers=app_flags.positive("num_readers"),
+        skip_corrupt_records=app_flags.value("skip_corrupt_records"),
+        force_output_model_name=app_flags.value("force_output_model_name"),
+        create_meta_only=app_flags.value("create_meta_only"))
+
+
+def build_eval_graph(config: ModelConfig, settings: EvalSettings, files) -> EvalGraph:
     """The model with is_training=False, fed by the eval files (or by nothing)."""
     graph = tf.Graph()
     with graph.as_default():
@@ -50,17 +77,18 @@ def build_eval_graph(config: model_config.ModelConfig, files) -> EvalGraph:
             model_graph.build_predictions(raw, num_frames, config, is_training=False)
             saver = tf.compat.v1.train.Saver(model_graph.model_variables())
             return EvalGraph(graph, global_step, saver, None, None, None)
-        dataset = input_pipeline.dataset_for(config, files, app_flags.value("batch_size"),
-                                             shuffle=False, num_epochs=1, require_labels=True)
+        dataset = input_pipeline.dataset_for(
+            config.data, files, settings.batch_size, shuffle=False, num_epochs=1,
+            require_labels=True, num_readers=settings.num_readers,
+            skip_corrupt_records=settings.skip_corrupt_records)
         iterator = tf.compat.v1.data.make_initializable_iterator(dataset)
         batch = iterator.get_next()
         outputs = model_graph.build_predictions(batch["video_matrix"], batch["num_frames"],
                                                 config, is_training=False)
         labels = tf.cast(batch["labels"], tf.float32)
-        loss = model_graph.label_loss(model_graph.find_loss(config.label_loss),
+        loss = model_graph.label_loss(registry.find_loss(config.label_loss),
                                       outputs.predictions, labels)
-        top_k = eval_util.graph_top_k(outputs.predictions, batch["labels"],
-                                      app_flags.value("top_k"))
+        top_k = eval_util.graph_top_k(outputs.predictions, batch["labels"], settings.top_k)
         saver = tf.compat.v1.train.Saver(model_graph.model_variables())
     return EvalGraph(graph, global_step, saver, iterator.initializer, top_k, loss)
 
@@ -82,28 +110,28 @@ def requested_checkpoint(train_dir: str) -> str | None:
     return None
 
 
-def resave(sess, eg: EvalGraph, config, train_dir: str, checkpoint: str) -> None:
-    weights = [w for _, _, w in app_flags.ensemble_members()]
+def resave(sess, eg: EvalGraph, config: ModelConfig, settings: EvalSettings, train_dir: str,
+           checkpoint: str) -> None:
     name = checkpoint_utils.inference_name(
-        os.path.basename(checkpoint), app_flags.value("force_output_model_name"), weights)
+        os.path.basename(checkpoint), settings.force_output_model_name, config.weights)
     if name is None:
         return
     path = export.save_inference_model(sess, eg.saver, config, os.path.join(train_dir, name))
     logging.info("Re-saved %s as %s (+ .meta)", checkpoint, path)
 
 
-def evaluate_checkpoint(sess, eg: EvalGraph, config, train_dir: str, checkpoint: str,
-                        writer) -> dict | None:
+def evaluate_checkpoint(sess, eg: EvalGraph, config: ModelConfig, settings: EvalSettings,
+                        train_dir: str, checkpoint: str, writer) -> dict | None:
     """Restores, re-saves, and (unless --create_meta_only) runs one pass of metrics."""
     checkpoint_utils.restorable_variables(
         checkpoint, eg.graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES),
-        "pass the model flags it was trained with")
+        f"is it a checkpoint of the model {model_config.json_path(train_dir)} describes?")
     eg.saver.restore(sess, checkpoint)
     step = int(sess.run(eg.global_step))
-    resave(sess, eg, config, train_dir, checkpoint)
-    if app_flags.value("create_meta_only"):
+    resave(sess, eg, config, settings, train_dir, checkpoint)
+    if settings.create_meta_only:
         return None
-    metrics = eval_util.EvaluationMetrics(config.num_classes, app_flags.value("top_k"))
+    metrics = eval_util.EvaluationMetrics(config.num_classes, settings.top_k)
     sess.run(eg.iterator_init)
     start, examples = time.time(), 0
     while True:
@@ -139,33 +167,55 @@ def evaluate_checkpoint(sess, eg: EvalGraph, config, train_dir: str, checkpoint:
     return record
 
 
+def run_config(train_dir: str, wait: bool) -> ModelConfig:
+    """The model configuration of ``train_dir``, checked against the given flags.
+
+    With ``wait`` (the waiting loop) a missing model_flags.json is waited for:
+    eval.py may be started before train.py has written it.
+    """
+    stored = model_config.read_json(train_dir)
+    while stored is None and wait:
+        logging.log_first_n(logging.INFO, "Waiting for train.py to write %s.", 1,
+                            model_config.json_path(train_dir))
+        time.sleep(min(app_flags.value("eval_interval_secs"), 5))
+        stored = model_config.read_json(train_dir)
+    if stored is None:
+        raise UsageError(f"{model_config.json_path(train_dir)} not found: is --train_dir the "
+                         "directory train.py wrote?")
+    config = app_flags.resolve_model_config(stored)
+    model_graph.validate(config)
+    return config
+
+
 def evaluate() -> None:
     train_dir = app_flags.value("train_dir")
-    config = model_config.for_evaluation(train_dir)
-    model_graph.find_model_class(config.model)
+    settings = eval_settings()
     explicit = requested_checkpoint(train_dir)
+    config = run_config(train_dir, wait=not (explicit or app_flags.value("run_once")))
     files = None
-    if not app_flags.value("create_meta_only"):
+    if not settings.create_meta_only:
         if not app_flags.value("eval_data_pattern"):
             raise UsageError("--eval_data_pattern is required (or pass --create_meta_only)")
         files = readers.resolve_data_files(app_flags.value("eval_data_pattern"),
                                            flag_name="eval_data_pattern")
-    eg = build_eval_graph(config, files)
+    eg = build_eval_graph(config, settings, files)
     eg.graph.finalize()
-    writer = tf.compat.v1.summary.FileWriter(os.path.join(train_dir, "eval"))
+    writer = tf.compat.v1.summary.FileWriter(os.path.join(train_dir, "eval"),
+                                             filename_suffix=f".{os.getpid()}")
     with tf.compat.v1.Session(graph=eg.graph) as sess:
         if explicit or app_flags.value("run_once"):
             checkpoint = explicit or checkpoint_utils.latest_checkpoint(train_dir)
             if checkpoint is None:
                 raise UsageError(f"no model.ckpt-* checkpoint in --train_dir={train_dir}")
-            evaluate_checkpoint(sess, eg, config, train_dir, checkpoint, writer)
+            evaluate_checkpoint(sess, eg, config, settings, train_dir, checkpoint, writer)
         else:
-            _wait_and_evaluate(sess, eg, config, train_dir, writer)
+            _wait_and_evaluate(sess, eg, config, settings, train_dir, writer)
     writer.close()
 
 
-def _wait_and_evaluate(sess, eg, config, train_dir: str, writer) -> None:
-    """Evaluates each new model.ckpt-N once, sleeping between looks."""
+def _wait_and_evaluate(sess, eg: EvalGraph, config: ModelConfig, settings: EvalSettings,
+                       train_dir: str, writer) -> None:
+    """Evaluates each new model.ckpt-N once, oldest first, sleeping between looks."""
     done: Set[str] = set()
     while True:
         pending = [path for _, path in checkpoint_utils.list_checkpoints(
@@ -175,10 +225,10 @@ def _wait_and_evaluate(sess, eg, config, train_dir: str, writer) -> None:
                          app_flags.value("eval_interval_secs"))
             time.sleep(app_flags.value("eval_interval_secs"))
             continue
-        checkpoint = pending[-1]
+        checkpoint = pending[0]
         done.add(checkpoint)
         try:
-            evaluate_checkpoint(sess, eg, config, train_dir, checkpoint, writer)
+            evaluate_checkpoint(sess, eg, config, settings, train_dir, checkpoint, writer)
         except (tf.errors.OpError, ValueError, UsageError) as e:
             # Deleted (or being deleted) since the listing: Saver.restore raises
             # ValueError for a missing index, NotFoundError for missing data, and
@@ -195,4 +245,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, app_flags.EVAL)
+    cli.run(main, *app_flags.runner_hooks(app_flags.EVAL))

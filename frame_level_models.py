@@ -2,25 +2,24 @@
 
 NetVLADModelLF is the 2018 flagship (SPEC 4.1); the others are the classic
 model zoo (ZOO.md), built from the shared blocks of pooling.py and rnn_cells.py.
-Every ``create_model`` takes its hyperparameters as keyword arguments; None
-means the flag's value and an explicit argument (False and 0 included) wins.
-Keyword arguments a model does not know go on to the video-level classifier
-(``--video_level_classifier_model``), e.g. ``num_mixtures`` or ``prob_gating``
-for MoeModel.  The input is already L2-normalised per frame by the graph
-builder.  Variable names are the 2018 checkpoints' (relative to the caller's
-scope, ``tower/`` or ``tower/model{i}/``).
+Every ``create_model`` takes its hyperparameters as keyword arguments whose
+defaults are the 2018 flags' (``SETTINGS`` maps the setting names to them, see
+registry.py); the remaining keyword arguments go to the video-level classifier
+(``video_level_classifier_model``), e.g. ``num_mixtures`` or ``prob_gating``
+for MoeModel, which refuses any it does not know.  The input is already
+L2-normalised per frame by the graph builder.  Variable names are the 2018
+checkpoints' (relative to the caller's scope, ``tower/`` or ``tower/model{i}/``).
 """
 import math
 from typing import Any, Dict, Tuple
 
 import tensorflow as tf
-from absl import logging
 
-import app_flags
 import core_fp16
 import layers_fp16
 import model_utils
 import pooling
+import registry
 import rnn_cells
 import video_level_models
 from errors import UsageError
@@ -34,12 +33,10 @@ FRAME_FEATURE_SIZE = VIDEO_FEATURE_SIZE + AUDIO_FEATURE_SIZE
 Outputs = Dict[str, tf.Tensor]
 _V1 = tf.compat.v1
 
-_arg = app_flags.arg_or_flag
-
-
-def _member_arg(value: Any, flag_name: str) -> Any:
-    """:func:`_arg` for the repeated ensemble flags: member 0's value by default."""
-    return app_flags.value(flag_name)[0] if value is None else value
+# Settings every model that samples frames reads.
+_SAMPLING = {"iterations": "iterations", "sample_random_frames": "sample_random_frames",
+             "sample_random_frames_at_eval": "sample_random_frames_at_eval",
+             registry.CLASSIFIER_SETTING: "video_level_classifier_model"}
 
 
 def _check_frame_features(model_input: tf.Tensor, model_name: str) -> None:
@@ -52,8 +49,7 @@ def _check_frame_features(model_input: tf.Tensor, model_name: str) -> None:
 
 
 def _sampled_rows(model_input: tf.Tensor, num_frames: tf.Tensor, iterations: int,
-                  is_training: bool, random_frames: bool | None,
-                  random_at_eval: bool | None) -> tf.Tensor:
+                  is_training: bool, random_frames: bool, random_at_eval: bool) -> tf.Tensor:
     """``iterations`` frames per video (SPEC 4.1 step 1), as rows [B*T, F]."""
     frames = model_utils.sample_frames(model_input, num_frames, iterations, is_training,
                                        random_frames, random_at_eval)
@@ -61,8 +57,8 @@ def _sampled_rows(model_input: tf.Tensor, num_frames: tf.Tensor, iterations: int
 
 
 def _sampled_streams(model_input: tf.Tensor, num_frames: tf.Tensor, iterations: int,
-                     is_training: bool, random_frames: bool | None,
-                     random_at_eval: bool | None) -> Tuple[tf.Tensor, tf.Tensor]:
+                     is_training: bool, random_frames: bool,
+                     random_at_eval: bool) -> Tuple[tf.Tensor, tf.Tensor]:
     """:func:`_sampled_rows` split into rgb and audio rows, gathered in one pass."""
     index = model_utils.sample_index(model_input, num_frames, iterations, is_training,
                                      random_frames, random_at_eval)
@@ -110,24 +106,20 @@ def _hidden_layer(inputs: tf.Tensor, size: int, stddev: float, is_training: bool
 
 
 def _classify(activation: tf.Tensor, vocab_size: int, is_training: bool,
-              classifier: str | None, params: Dict[str, Any]) -> Outputs:
+              classifier: str, params: Dict[str, Any]) -> Outputs:
     """The video-level classifier on the pooled [B, d] activation."""
-    name = _arg(classifier, "video_level_classifier_model")
-    model_cls = getattr(video_level_models, name, None)
-    if not (isinstance(model_cls, type) and hasattr(model_cls, "create_model")):
-        choices = sorted(n for n, c in vars(video_level_models).items()
-                         if isinstance(c, type) and hasattr(c, "create_model"))
-        raise UsageError(f"--video_level_classifier_model={name} is not a video-level model; "
-                         f"choices: {', '.join(choices)}")
-    return model_cls().create_model(model_input=activation, vocab_size=vocab_size,
-                                    is_training=is_training, **params)
+    return registry.find_classifier(classifier)().create_model(
+        model_input=activation, vocab_size=vocab_size, is_training=is_training, **params)
 
 
+@registry.model
 class FrameLevelLogisticModel:
     """Logistic regression on the mean of each video's real frames (no sampling)."""
 
+    SETTINGS: Dict[str, str] = {}
+
     def create_model(self, model_input: tf.Tensor, vocab_size: int, num_frames: tf.Tensor,
-                     l2_penalty: float | None = None, **unused_params) -> Outputs:
+                     is_training: bool = True, l2_penalty: float = 1e-8) -> Outputs:
         """``fully_connected/{weights,biases}``; padded rows are zero, so a sum over all
         rows divided by the frame count is the mean (a 0-frame video scores zeros)."""
         counts = tf.maximum(tf.cast(tf.reshape(num_frames, [-1, 1]), tf.float32), 1.0)
@@ -136,25 +128,25 @@ class FrameLevelLogisticModel:
                                                                l2_penalty=l2_penalty)
 
 
+@registry.model
 class DbofModel:
     """The starter's Deep Bag of Frames: one projection of all 1152 features, relu6,
     pooling over frames (``dbof_pooling_method``), hidden layer, classifier."""
 
+    SETTINGS = {**_SAMPLING, "dbof_cluster_size": "cluster_size",
+                "dbof_hidden_size": "hidden_size", "dbof_add_batch_norm": "add_batch_norm",
+                "dbof_pooling_method": "dbof_pooling_method"}
+
     def create_model(self, model_input: tf.Tensor, vocab_size: int, num_frames: tf.Tensor,
-                     is_training: bool = True, iterations: int | None = None,
-                     cluster_size: int | None = None, hidden_size: int | None = None,
-                     add_batch_norm: bool | None = None,
-                     sample_random_frames: bool | None = None,
-                     sample_random_frames_at_eval: bool | None = None,
-                     dbof_pooling_method: str | None = None,
-                     video_level_classifier_model: str | None = None,
+                     is_training: bool = True, iterations: int = 30,
+                     cluster_size: int = 16384, hidden_size: int = 2048,
+                     add_batch_norm: bool = True, sample_random_frames: bool = True,
+                     sample_random_frames_at_eval: bool = False,
+                     dbof_pooling_method: str = "max",
+                     video_level_classifier_model: str = "MoeModel",
                      **params) -> Outputs:
-        """Defaults: iterations, dbof_cluster_size, dbof_hidden_size,
-        dbof_add_batch_norm, dbof_pooling_method."""
-        iterations = _arg(iterations, "iterations")
-        cluster_size = _arg(cluster_size, "dbof_cluster_size")
-        add_batch_norm = _arg(add_batch_norm, "dbof_add_batch_norm")
-        method = _arg(dbof_pooling_method, "dbof_pooling_method")
+        """``params`` go to the classifier."""
+        method = dbof_pooling_method
         if method not in ("max", "average"):
             raise UsageError(f"--dbof_pooling_method={method} must be max or average")
         rows = _input_bn(_sampled_rows(model_input, num_frames, iterations, is_training,
@@ -167,8 +159,7 @@ class DbofModel:
                                                         is_training))
         pooled = model_utils.FramePooling(
             tf.reshape(activation, [-1, iterations, cluster_size]), method)
-        hidden = _hidden_layer(pooled, _arg(hidden_size, "dbof_hidden_size"),
-                               1 / math.sqrt(cluster_size), is_training,
+        hidden = _hidden_layer(pooled, hidden_size, 1 / math.sqrt(cluster_size), is_training,
                                batch_norm=add_batch_norm, relu=True)
         return _classify(hidden, vocab_size, is_training, video_level_classifier_model, params)
 
@@ -188,42 +179,47 @@ class BaseDbofModelLF:
         """(video block, audio block, K setting the hidden weights' stddev 1/sqrt(K))."""
         raise NotImplementedError
 
+    SETTINGS = {**_SAMPLING, "dbof_cluster_size": "cluster_size",
+                "dbof_hidden_size": "hidden_size", "dbof_add_batch_norm": "add_batch_norm",
+                "dbof_relu": "dbof_relu", "softdbof_maxpool": "softdbof_maxpool",
+                "fc_dimred": "fc_dimred"}
+
     def create_model(self, model_input: tf.Tensor, vocab_size: int, num_frames: tf.Tensor,
-                     is_training: bool = True, iterations: int | None = None,
-                     cluster_size: int | None = None, hidden_size: int | None = None,
-                     add_batch_norm: bool | None = None,
-                     sample_random_frames: bool | None = None,
-                     sample_random_frames_at_eval: bool | None = None,
-                     dbof_relu: bool | None = None, dbof_activation: str | None = None,
-                     softdbof_maxpool: bool | None = None, fc_dimred: bool | None = None,
-                     video_level_classifier_model: str | None = None,
+                     is_training: bool = True, iterations: int = 30,
+                     cluster_size: int = 16384, hidden_size: int = 2048,
+                     add_batch_norm: bool = True, sample_random_frames: bool = True,
+                     sample_random_frames_at_eval: bool = False,
+                     dbof_relu: bool = True, dbof_activation: str = "relu",
+                     softdbof_maxpool: bool = False, fc_dimred: bool = True,
+                     video_level_classifier_model: str = "MoeModel",
                      **params) -> Outputs:
-        """Defaults: iterations, dbof_cluster_size, dbof_hidden_size,
-        dbof_add_batch_norm, dbof_relu, dbof_activation (DbofModelLF),
-        softdbof_maxpool and fc_dimred (the others)."""
+        """``dbof_activation`` is read by DbofModelLF, ``softdbof_maxpool`` and
+        ``fc_dimred`` by the others; ``params`` go to the classifier."""
         _check_frame_features(model_input, type(self).__name__)
-        iterations = _arg(iterations, "iterations")
-        add_batch_norm = _arg(add_batch_norm, "dbof_add_batch_norm")
-        relu = _arg(dbof_relu, "dbof_relu")
+        relu = dbof_relu
         video_block, audio_block, clusters = self._blocks(
-            iterations, _arg(cluster_size, "dbof_cluster_size"), add_batch_norm, is_training,
-            _arg(dbof_activation, "dbof_activation"), _arg(softdbof_maxpool, "softdbof_maxpool"))
+            iterations, cluster_size, add_batch_norm, is_training, dbof_activation,
+            softdbof_maxpool)
         rows = _input_bn(_sampled_rows(model_input, num_frames, iterations, is_training,
                                        sample_random_frames, sample_random_frames_at_eval),
                          add_batch_norm, is_training)
         activation = _pool_streams(_split_streams(rows), video_block, audio_block, "DBOF")
-        if not self.optional_hidden_layer or _arg(fc_dimred, "fc_dimred"):
-            activation = _hidden_layer(activation, _arg(hidden_size, "dbof_hidden_size"),
-                                       1 / math.sqrt(clusters), is_training,
+        if not self.optional_hidden_layer or fc_dimred:
+            activation = _hidden_layer(activation, hidden_size, 1 / math.sqrt(clusters),
+                                       is_training,
                                        batch_norm=add_batch_norm and relu, relu=relu)
         return _classify(activation, vocab_size, is_training, video_level_classifier_model,
                          params)
 
 
+@registry.model
 class DbofModelLF(BaseDbofModelLF):
     """DBoF blocks with ``dbof_activation`` applied (relu6, or glu on 2K units)."""
 
     optional_hidden_layer = False
+    SETTINGS = {name: argument for name, argument in
+                {**BaseDbofModelLF.SETTINGS, "dbof_activation": "dbof_activation"}.items()
+                if name not in ("softdbof_maxpool", "fc_dimred")}
 
     def _blocks(self, frames, cluster_size, add_batch_norm, is_training, activation, max_pool):
         if activation not in pooling.DBoF.ACTIVATIONS:
@@ -241,6 +237,7 @@ class DbofModelLF(BaseDbofModelLF):
                 block(AUDIO_FEATURE_SIZE, cluster_size // 8), cluster_size)
 
 
+@registry.model
 class GatedDbofModelLF(BaseDbofModelLF):
     """GatedDBoF on rgb, SoftDBoF on audio."""
 
@@ -252,6 +249,7 @@ class GatedDbofModelLF(BaseDbofModelLF):
                 cluster_size)
 
 
+@registry.model
 class SoftDbofModelLF(BaseDbofModelLF):
     """SoftDBoF on rgb and audio."""
 
@@ -263,39 +261,34 @@ class SoftDbofModelLF(BaseDbofModelLF):
                 block(AUDIO_FEATURE_SIZE, cluster_size // 8), cluster_size)
 
 
+@registry.model
 class NetVLADModelLF:
     """The 2018 flagship (SPEC 4.1): NetVLAD (or LightVLAD / NetVLAGD) on rgb and
     audio, hidden1 + BN + relu6, linear hidden2, optional context gating, classifier.
     """
 
+    SETTINGS = {**_SAMPLING, "netvlad_cluster_size": "cluster_size",
+                "netvlad_hidden_size": "hidden_size", "netvlad_add_batch_norm": "add_batch_norm",
+                "gating": "gating", "lightvlad": "lightvlad", "vlagd": "vlagd",
+                "float16_flag": "float16_flag", "netvlad_relu": "netvlad_relu"}
+
     def create_model(self, model_input: tf.Tensor, vocab_size: int, num_frames: tf.Tensor,
-                     is_training: bool = True, iterations: int | None = None,
-                     cluster_size: int | None = None, hidden_size: int | None = None,
-                     add_batch_norm: bool | None = None,
-                     sample_random_frames: bool | None = None,
-                     sample_random_frames_at_eval: bool | None = None,
-                     gating: bool | None = None, lightvlad: bool | None = None,
-                     vlagd: bool | None = None, float16_flag: bool | None = None,
-                     netvlad_relu: bool | None = None,
-                     video_level_classifier_model: str | None = None,
+                     is_training: bool = True, iterations: int = 30,
+                     cluster_size: int = 64, hidden_size: int = 1024,
+                     add_batch_norm: bool = True, sample_random_frames: bool = True,
+                     sample_random_frames_at_eval: bool = False,
+                     gating: bool = False, lightvlad: bool = False,
+                     vlagd: bool = False, float16_flag: bool = False,
+                     netvlad_relu: bool = True,
+                     video_level_classifier_model: str = "MoeModel",
                      **params) -> Outputs:
-        """Defaults: iterations, netvlad_cluster_size[0], netvlad_hidden_size[0],
-        netvlad_add_batch_norm, gating, lightvlad, vlagd, float16_flag (also
-        handed to the classifier).  ``netvlad_relu`` has no effect, as in 2018.
-        """
+        """``float16_flag`` is handed to the classifier too; ``netvlad_relu`` has no
+        effect, as in 2018; the other ``params`` go to the classifier."""
         _check_frame_features(model_input, "NetVLADModelLF")
-        if not _arg(netvlad_relu, "netvlad_relu"):
-            logging.log_first_n(logging.INFO, "--netvlad_relu=False has no effect on "
-                                "NetVLADModelLF: its hidden layer always ends in relu6, "
-                                "as in the 2018 model", 1)
-        iterations = _arg(iterations, "iterations")
-        cluster_size = _member_arg(cluster_size, "netvlad_cluster_size")
-        hidden_size = _member_arg(hidden_size, "netvlad_hidden_size")
-        add_batch_norm = _arg(add_batch_norm, "netvlad_add_batch_norm")
-        float16_flag = _arg(float16_flag, "float16_flag")
-        if _arg(lightvlad, "lightvlad"):
+        del netvlad_relu  # the hidden layer always ends in relu6, as in the 2018 model
+        if lightvlad:
             block_cls = pooling.LightVLAD
-        elif _arg(vlagd, "vlagd"):
+        elif vlagd:
             block_cls = pooling.NetVLAGD
         else:
             block_cls = pooling.NetVLAD
@@ -316,35 +309,34 @@ class NetVLADModelLF:
                                                 scope="hidden2_weights")
         hidden2_biases = pooling.normal_weight("hidden2_biases", [2 * hidden_size], 0.01)
         activation = core_fp16.matmul_last_axis(activation, hidden2_weights) + hidden2_biases
-        if _arg(gating, "gating"):
+        if gating:
             activation = layers_fp16.context_gating(activation, is_training, add_batch_norm)
         return _classify(activation, vocab_size, is_training, video_level_classifier_model,
                          dict(params, float16_flag=float16_flag))
 
 
+@registry.model
 class NetFVModelLF:
     """NetFV on rgb and audio, hidden layer, optional context gating
     (``gating_weights_2``), classifier."""
 
+    SETTINGS = {**_SAMPLING, "fv_cluster_size": "cluster_size", "fv_hidden_size": "hidden_size",
+                "netvlad_add_batch_norm": "add_batch_norm", "fv_relu": "fv_relu",
+                "fv_couple_weights": "fv_couple_weights",
+                "fv_coupling_factor": "fv_coupling_factor", "gating": "gating"}
+
     def create_model(self, model_input: tf.Tensor, vocab_size: int, num_frames: tf.Tensor,
-                     is_training: bool = True, iterations: int | None = None,
-                     cluster_size: int | None = None, hidden_size: int | None = None,
-                     add_batch_norm: bool | None = None,
-                     sample_random_frames: bool | None = None,
-                     sample_random_frames_at_eval: bool | None = None,
-                     fv_relu: bool | None = None, fv_couple_weights: bool | None = None,
-                     fv_coupling_factor: float | None = None, gating: bool | None = None,
-                     video_level_classifier_model: str | None = None,
+                     is_training: bool = True, iterations: int = 30,
+                     cluster_size: int = 64, hidden_size: int = 2048,
+                     add_batch_norm: bool = True, sample_random_frames: bool = True,
+                     sample_random_frames_at_eval: bool = False,
+                     fv_relu: bool = True, fv_couple_weights: bool = True,
+                     fv_coupling_factor: float = 0.01, gating: bool = False,
+                     video_level_classifier_model: str = "MoeModel",
                      **params) -> Outputs:
-        """Defaults: iterations, fv_cluster_size, fv_hidden_size,
-        netvlad_add_batch_norm, fv_relu, fv_couple_weights, fv_coupling_factor, gating."""
+        """``params`` go to the classifier."""
         _check_frame_features(model_input, "NetFVModelLF")
-        iterations = _arg(iterations, "iterations")
-        cluster_size = _arg(cluster_size, "fv_cluster_size")
-        add_batch_norm = _arg(add_batch_norm, "netvlad_add_batch_norm")
-        relu = _arg(fv_relu, "fv_relu")
-        couple_weights = _arg(fv_couple_weights, "fv_couple_weights")
-        coupling_factor = _arg(fv_coupling_factor, "fv_coupling_factor")
+        relu, couple_weights, coupling_factor = fv_relu, fv_couple_weights, fv_coupling_factor
 
         def block(feature_size, clusters):
             return pooling.NetFV(feature_size, iterations, clusters, add_batch_norm,
@@ -355,10 +347,9 @@ class NetFVModelLF:
                          add_batch_norm, is_training)
         fv = _pool_streams(_split_streams(rows), block(VIDEO_FEATURE_SIZE, cluster_size),
                            block(AUDIO_FEATURE_SIZE, cluster_size // 2), "FV")
-        activation = _hidden_layer(fv, _arg(hidden_size, "fv_hidden_size"),
-                                   1 / math.sqrt(cluster_size), is_training,
+        activation = _hidden_layer(fv, hidden_size, 1 / math.sqrt(cluster_size), is_training,
                                    batch_norm=add_batch_norm and relu, relu=relu)
-        if _arg(gating, "gating"):
+        if gating:
             activation = layers_fp16.context_gating(
                 activation, is_training, add_batch_norm, weights_name="gating_weights_2",
                 weights_in_own_scope=False)
@@ -371,55 +362,60 @@ class BaseRecurrentModel:
     the frames (or over ``iterations`` sampled frames), classifier on the final
     concatenated state of all layers."""
 
-    flag_prefix = ""  # "lstm" or "gru": the flags <prefix>_cells, _layers, ...
-
     def _cell(self, num_units: int):
         raise NotImplementedError
 
     def create_model(self, model_input: tf.Tensor, vocab_size: int, num_frames: tf.Tensor,
-                     is_training: bool = True, num_units: int | None = None,
-                     num_layers: int | None = None, random_sequence: bool | None = None,
-                     backward: bool | None = None, iterations: int | None = None,
-                     video_level_classifier_model: str | None = None,
+                     is_training: bool = True, num_units: int = 1024,
+                     num_layers: int = 2, random_sequence: bool = False,
+                     backward: bool = False, iterations: int = 30,
+                     sample_random_frames_at_eval: bool = False,
+                     video_level_classifier_model: str = "MoeModel",
                      **params) -> Outputs:
-        """Defaults: <prefix>_cells, <prefix>_layers, <prefix>_random_sequence,
-        <prefix>_backward, iterations.
-
-        ``random_sequence`` samples ``iterations`` frames (random with replacement
+        """``random_sequence`` samples ``iterations`` frames (random with replacement
         in training despite the name, evenly spaced in eval) and runs over all of
-        them; ``backward`` reverses each video's real frames.
+        them; ``backward`` reverses each video's real frames.  ``params`` go to the
+        classifier.
         """
-        prefix = self.flag_prefix
         lengths = tf.cast(tf.reshape(num_frames, [-1]), tf.int32)
-        if _arg(random_sequence, prefix + "_random_sequence"):
-            iterations = _arg(iterations, "iterations")
+        if random_sequence:
             model_input = model_utils.sample_frames(model_input, num_frames, iterations,
-                                                    is_training, random_frames=True)
+                                                    is_training, random_frames=True,
+                                                    random_at_eval=sample_random_frames_at_eval)
             lengths = tf.fill(tf.shape(lengths), iterations)
         else:
             lengths = tf.minimum(lengths, tf.shape(model_input)[1])
-        if _arg(backward, prefix + "_backward"):
+        if backward:
             model_input = tf.reverse_sequence(model_input, lengths, seq_axis=1, batch_axis=0)
-        num_units = _arg(num_units, prefix + "_cells")
-        cells = [self._cell(num_units) for _ in range(_arg(num_layers, prefix + "_layers"))]
+        cells = [self._cell(num_units) for _ in range(num_layers)]
         with _V1.variable_scope("RNN"):
             _, state = rnn_cells.dynamic_rnn(cells, model_input, lengths)
         return _classify(state, vocab_size, is_training, video_level_classifier_model, params)
 
 
+def _recurrent_settings(prefix: str) -> Dict[str, str]:
+    """The settings <prefix>_cells, _layers, _random_sequence, _backward (and iterations)."""
+    return {"iterations": "iterations", registry.CLASSIFIER_SETTING: "video_level_classifier_model",
+            f"{prefix}_cells": "num_units", f"{prefix}_layers": "num_layers",
+            f"{prefix}_random_sequence": "random_sequence", f"{prefix}_backward": "backward",
+            "sample_random_frames_at_eval": "sample_random_frames_at_eval"}
+
+
+@registry.model
 class LstmModel(BaseRecurrentModel):
     """Stacked BasicLSTMCells (forget bias 1.0); classifier input [c_0, h_0, c_1, h_1, ...]."""
 
-    flag_prefix = "lstm"
+    SETTINGS = _recurrent_settings("lstm")
 
     def _cell(self, num_units):
         return rnn_cells.BasicLSTMCell(num_units, forget_bias=1.0)
 
 
+@registry.model
 class GruModel(BaseRecurrentModel):
     """Stacked GRUCells; classifier input [h_0, h_1, ...]."""
 
-    flag_prefix = "gru"
+    SETTINGS = _recurrent_settings("gru")
 
     def _cell(self, num_units):
         return rnn_cells.GRUCell(num_units)

@@ -105,21 +105,28 @@ def run_inference() -> None:
     output_file = app_flags.value("output_file")
     if not output_file:
         raise UsageError("--output_file is required")
+    batch_size, top_k = app_flags.positive("batch_size"), app_flags.positive("top_k")
     if not app_flags.value("input_data_pattern"):
         raise UsageError("--input_data_pattern is required")
     checkpoint_utils.check_writable(output_file, "output_file")
     if app_flags.value("output_model_tgz"):
         checkpoint_utils.check_writable(app_flags.value("output_model_tgz"), "output_model_tgz")
     model_dir, name = locate_model()
-    config = model_config.for_evaluation(model_dir)
+    stored = model_config.read_json(model_dir)
+    if stored is None:
+        raise UsageError(f"{model_config.json_path(model_dir)} not found: the model's "
+                         "model_flags.json must lie beside it")
+    config = app_flags.resolve_model_config(stored)
     files = readers.resolve_data_files(app_flags.value("input_data_pattern"),
                                        flag_name="input_data_pattern")
     meta = meta_graph_pb2.MetaGraphDef.FromString(
         tf.io.gfile.GFile(os.path.join(model_dir, name + ".meta"), "rb").read())
     graph = tf.Graph()
     with graph.as_default():
-        dataset = input_pipeline.dataset_for(config, files, app_flags.value("batch_size"),
-                                             shuffle=False, num_epochs=1)
+        dataset = input_pipeline.dataset_for(
+            config.data, files, batch_size, shuffle=False, num_epochs=1,
+            num_readers=app_flags.positive("num_readers"),
+            skip_corrupt_records=app_flags.value("skip_corrupt_records"))
         batch = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
         input_map = {
             _collection_tensor_name(meta, model_graph.INPUT_COLLECTION): batch["video_matrix"],
@@ -128,7 +135,7 @@ def run_inference() -> None:
         saver = tf.compat.v1.train.import_meta_graph(meta, input_map=input_map,
                                                      clear_devices=True)
         predictions = tf.compat.v1.get_collection(model_graph.PREDICTIONS_COLLECTION)[0]
-        top_k = min(app_flags.value("top_k"), config.num_classes)
+        top_k = min(top_k, config.num_classes)
         top_scores, top_classes = tf.nn.top_k(predictions, k=top_k)
     graph.finalize()
     tmp = f"{output_file}.tmp-{uuid.uuid4().hex}"
@@ -165,4 +172,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, app_flags.INFERENCE)
+    cli.run(main, *app_flags.runner_hooks(app_flags.INFERENCE))

@@ -1,26 +1,24 @@
 """The tf.data input of train, eval, inference and the ensemble tools (and the reader of
-the SavedModel export), configured by the flags."""
+the SavedModel export), in the record format of a model configuration."""
 from typing import Sequence
 
 import tensorflow as tf
 
-import app_flags
 import readers
-from model_config import ModelConfig
+from model_config import DataConfig
 
 
-def reader_for(config: ModelConfig, require_labels: bool = False) -> readers.Reader:
-    """The reader of records in the format ``config`` was trained on (--max_frames)."""
-    return readers.get_reader(config.frame_features, config.feature_names,
-                              config.feature_sizes, config.num_classes,
-                              app_flags.value("max_frames"), require_labels=require_labels)
+def reader_for(data: DataConfig, require_labels: bool = False) -> readers.Reader:
+    """The reader of records in the format ``data`` describes (max_frames included)."""
+    return readers.get_reader(data.frame_features, data.feature_names, data.feature_sizes,
+                              data.num_classes, data.max_frames, require_labels=require_labels)
 
 
-def dataset_for(config: ModelConfig, files: Sequence[str], batch_size: int, *, shuffle: bool,
-                num_epochs: int | None, require_labels: bool = False,
-                seed: int | None = None) -> tf.data.Dataset:
-    """Batches of parsed videos of ``files`` in the format ``config`` was trained on."""
+def dataset_for(data: DataConfig, files: Sequence[str], batch_size: int, *, shuffle: bool,
+                num_epochs: int | None, require_labels: bool = False, seed: int | None = None,
+                num_readers: int = 8, skip_corrupt_records: bool = False) -> tf.data.Dataset:
+    """Batches of parsed videos of ``files`` in the format ``data`` describes."""
     return readers.build_dataset(
-        reader_for(config, require_labels), files, batch_size, shuffle=shuffle,
-        num_epochs=num_epochs, num_readers=app_flags.value("num_readers"),
-        skip_corrupt_records=app_flags.value("skip_corrupt_records"), seed=seed)
+        reader_for(data, require_labels), files, batch_size, shuffle=shuffle,
+        num_epochs=num_epochs, num_readers=num_readers,
+        skip_corrupt_records=skip_corrupt_records, seed=seed)

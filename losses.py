@@ -5,13 +5,15 @@ may be bool or 0/1 numbers.
 """
 import tensorflow as tf
 
+import registry
+
 
 def _float32(predictions, labels) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.cast(predictions, tf.float32), tf.cast(labels, tf.float32)
 
 
 class BaseLoss:
-    """Base class of the losses; subclasses are found by class name."""
+    """Base class of the losses; each registered subclass is found by its class name."""
 
     def calculate_loss(self, predictions: tf.Tensor, labels: tf.Tensor,
                        **unused_params) -> tf.Tensor:
@@ -19,6 +21,7 @@ class BaseLoss:
         raise NotImplementedError()
 
 
+@registry.loss
 class CrossEntropyLoss(BaseLoss):
     """Binary cross entropy of probabilities: -[y log(p+e) + (1-y) log(1-p+e)], e = 1e-5."""
 
@@ -31,6 +34,7 @@ class CrossEntropyLoss(BaseLoss):
             return tf.reduce_mean(-tf.reduce_sum(per_class, axis=1))
 
 
+@registry.loss
 class HingeLoss(BaseLoss):
     """max(0, b - y' * p) with y' = 2y - 1 in {-1, +1}; trains predictions towards +-1."""
 
@@ -42,6 +46,7 @@ class HingeLoss(BaseLoss):
             return tf.reduce_mean(tf.reduce_sum(per_class, axis=1))
 
 
+@registry.loss
 class SoftmaxLoss(BaseLoss):
     """Cross entropy of softmax(predictions) against the L1-normalised labels.
 

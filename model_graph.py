@@ -1,4 +1,4 @@
-"""The one place that turns flags into a model graph.
+"""The one place that turns a model configuration into a model graph.
 
 train.py, eval.py and the inference export all call :func:`build_predictions`,
 so a single model lives under ``tower/`` and ensemble member i under
@@ -6,16 +6,13 @@ so a single model lives under ``tower/`` and ensemble member i under
 """
 import contextlib
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import tensorflow as tf
 
-import app_flags
 import checkpoint_utils
-import frame_level_models
 import losses
-import video_level_models
-from errors import UsageError
+import registry
 from model_config import ModelConfig
 
 TOWER_SCOPE = "tower"
@@ -24,28 +21,13 @@ NUM_FRAMES_COLLECTION = "num_frames"
 PREDICTIONS_COLLECTION = "predictions"
 
 
-def find_model_class(name: str):
-    """The model class named by --model: frame-level models first."""
-    for module in (frame_level_models, video_level_models):
-        cls = getattr(module, name, None)
-        if isinstance(cls, type) and hasattr(cls, "create_model") and not name.startswith("Base"):
-            return cls
-    choices = sorted(
-        n for module in (frame_level_models, video_level_models)
-        for n, c in vars(module).items()
-        if isinstance(c, type) and hasattr(c, "create_model") and not n.startswith("Base"))
-    raise UsageError(f"--model={name} is not a model; choices: {', '.join(choices)}")
-
-
-def find_loss(name: str) -> losses.BaseLoss:
-    """The loss class named by --label_loss."""
-    cls = getattr(losses, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, losses.BaseLoss)):
-        choices = sorted(n for n, c in vars(losses).items()
-                         if isinstance(c, type) and issubclass(c, losses.BaseLoss)
-                         and c is not losses.BaseLoss)
-        raise UsageError(f"--label_loss={name} is not a loss; choices: {', '.join(choices)}")
-    return cls()
+def validate(config: ModelConfig) -> None:
+    """Every check a graph build makes of ``config``, without building it (a
+    script validates before it writes anything)."""
+    config.validate()
+    registry.find_loss(config.label_loss)
+    for member in config.members:
+        registry.member_arguments(member)
 
 
 def label_loss(loss: losses.BaseLoss, predictions: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
@@ -86,27 +68,26 @@ def build_predictions(model_input_raw: tf.Tensor, num_frames: tf.Tensor, config:
     and this call's batch-norm update ops, so that towers sharing variables
     do not count them twice.
     """
-    members = app_flags.ensemble_members()
-    model_cls = find_model_class(config.model)
+    members = config.members
     feature_axis = len(model_input_raw.shape) - 1
     model_input = tf.nn.l2_normalize(model_input_raw, feature_axis)
     reg_before = len(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.REGULARIZATION_LOSSES))
     upd_before = len(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS))
     mixed, member_predictions = None, []
     with tf.compat.v1.variable_scope(TOWER_SCOPE, reuse=reuse):
-        for index, (cluster_size, hidden_size, weight) in enumerate(members):
-            params: Dict[str, object] = {}
-            if len(members) > 1:
-                params = {"cluster_size": cluster_size, "hidden_size": hidden_size}
+        for index, member in enumerate(members):
+            arguments = registry.member_arguments(member)
+            if not registry.is_video_level(member.model):
+                arguments["num_frames"] = num_frames
             scope = member_scope(index)
             with tf.compat.v1.variable_scope(scope) if scope else contextlib.nullcontext():
-                result = model_cls().create_model(
+                result = registry.find_model(member.model)().create_model(
                     model_input=model_input, vocab_size=config.num_classes,
-                    num_frames=num_frames, is_training=is_training, **params)
+                    is_training=is_training, **arguments)
             predictions = result["predictions"]
             member_predictions.append(predictions)
             if len(members) > 1:
-                predictions = predictions * weight
+                predictions = predictions * member.weight
             mixed = predictions if mixed is None else mixed + predictions
     reg_losses = [tf.cast(r, tf.float32) for r in _collection_added(
         tf.compat.v1.GraphKeys.REGULARIZATION_LOSSES, reg_before)]
@@ -124,7 +105,7 @@ def input_shape(config: ModelConfig) -> Tuple:
     """Static shape of one raw input batch (batch dimension unknown)."""
     width = sum(config.feature_sizes)
     if config.frame_features:
-        return (None, app_flags.value("max_frames"), width)
+        return (None, config.data.max_frames, width)
     return (None, width)
 
 

@@ -11,7 +11,6 @@ from typing import List, Sequence
 
 import tensorflow as tf
 
-import app_flags
 from errors import UsageError
 
 
@@ -78,18 +77,14 @@ def SampleEvenlySpacedFrames(model_input: tf.Tensor, num_frames: tf.Tensor,
 
 
 def sample_index(model_input: tf.Tensor, num_frames: tf.Tensor, num_samples: int,
-                 is_training: bool, random_frames: bool | None = None,
-                 random_at_eval: bool | None = None) -> tf.Tensor:
+                 is_training: bool, random_frames: bool = True,
+                 random_at_eval: bool = False) -> tf.Tensor:
     """[batch, num_samples] frame indices: random when training (or eval with
     ``random_at_eval``), else evenly spaced.
 
-    ``random_frames`` picks frames with replacement over a contiguous run;
-    None arguments take --sample_random_frames / --sample_random_frames_at_eval.
+    ``random_frames`` picks frames with replacement, otherwise a contiguous run
+    (the settings sample_random_frames / sample_random_frames_at_eval).
     """
-    if random_frames is None:
-        random_frames = app_flags.value("sample_random_frames")
-    if random_at_eval is None:
-        random_at_eval = app_flags.value("sample_random_frames_at_eval")
     if not (is_training or random_at_eval):
         return evenly_spaced_index(model_input, num_frames, num_samples)
     if random_frames:
@@ -98,8 +93,8 @@ def sample_index(model_input: tf.Tensor, num_frames: tf.Tensor, num_samples: int
 
 
 def sample_frames(model_input: tf.Tensor, num_frames: tf.Tensor, num_samples: int,
-                  is_training: bool, random_frames: bool | None = None,
-                  random_at_eval: bool | None = None) -> tf.Tensor:
+                  is_training: bool, random_frames: bool = True,
+                  random_at_eval: bool = False) -> tf.Tensor:
     """The frames :func:`sample_index` picks, [batch, num_samples, features]."""
     return _gather(model_input, sample_index(model_input, num_frames, num_samples, is_training,
                                              random_frames, random_at_eval))

@@ -14,13 +14,14 @@ meta graph, so eval.py and inference.py load it like any inference model.
 The ``checkpoint`` state file is left alone.
 """
 import posixpath
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Sequence
 
-import numpy as np
 import tensorflow as tf
 from absl import flags
 
 import checkpoint_utils
+import cli
+import ensemble_fill
 from errors import UsageError
 
 FLAGS = flags.FLAGS
@@ -38,68 +39,6 @@ def define_flags() -> None:
                         "ensemble member, in member order.")
 
 
-def _model_variables(reader) -> Dict[str, Tuple[List[int], tf.DType]]:
-    shapes = reader.get_variable_to_shape_map()
-    dtypes = reader.get_variable_to_dtype_map()
-    return {n: (shapes[n], dtypes[n]) for n in checkpoint_utils.model_variable_names(shapes)}
-
-
-def template_members(template: str, variables: Sequence[str]) -> Dict[str, Tuple[int, str]]:
-    """Member and inner name of every template variable; members must be 0..n-1."""
-    members = {}
-    for name in variables:
-        member = checkpoint_utils.ensemble_member(name)
-        if member is None:
-            raise UsageError(f"template variable {name} in {template} is not under tower/, "
-                             "so no checkpoint can fill it")
-        members[name] = member
-    indices = sorted({i for i, _ in members.values()})
-    if indices != list(range(len(indices))):
-        raise UsageError(f"template {template} has ensemble members {indices}; "
-                         f"expected 0..{len(indices) - 1}")
-    return members
-
-
-def fill_template(template: str, checkpoints: Sequence[str]) -> Dict[str, np.ndarray]:
-    """Value of every template model variable, taken from its member's checkpoint."""
-    template_vars = _model_variables(checkpoint_utils.open_checkpoint(template, "template"))
-    return fill_variables(template_vars, checkpoints, template)
-
-
-def fill_variables(template_vars: Mapping[str, Tuple[List[int], tf.DType]],
-                   checkpoints: Sequence[str], template: str) -> Dict[str, np.ndarray]:
-    """Values for the ensemble variables ``template_vars`` (name -> (shape, dtype)).
-
-    Also used by build_ensemble.py on the variables of a graph built from
-    flags; ``template`` names their origin in error messages.
-    """
-    members = template_members(template, sorted(template_vars))
-    num_members = len({i for i, _ in members.values()})
-    if len(checkpoints) != num_members:
-        raise UsageError(f"--checkpoints has {len(checkpoints)} paths but template {template} "
-                         f"holds {num_members} models")
-    values = {}
-    for index, source in enumerate(checkpoints):
-        reader = checkpoint_utils.open_checkpoint(source)
-        source_vars = _model_variables(reader)
-        wanted = {"tower/" + inner: name for name, (i, inner) in members.items() if i == index}
-        for name in sorted(set(source_vars) - set(wanted)):
-            raise UsageError(f"checkpoint {source} variable {name} has no counterpart in "
-                             f"template {template} (member {index})")
-        for source_name, name in sorted(wanted.items()):
-            shape, dtype = template_vars[name]
-            if source_name not in source_vars:
-                raise UsageError(f"template variable {name} has no source: checkpoint "
-                                 f"{source} has no variable {source_name}")
-            if source_vars[source_name][0] != shape:
-                raise UsageError(
-                    f"template variable {name} has shape {shape} but {source_name} in "
-                    f"checkpoint {source} has shape {source_vars[source_name][0]}")
-            value = checkpoint_utils.read_tensor(reader, source_name, source)
-            values[name] = value.astype(dtype.as_numpy_dtype)
-    return values
-
-
 def overwrite(train_dir: str, inference_model: str, out_name: str,
               checkpoints: Sequence[str]) -> str:
     """Writes ``train_dir/<out_name>-0`` from the template and the checkpoints; returns it."""
@@ -110,7 +49,7 @@ def overwrite(train_dir: str, inference_model: str, out_name: str,
     if not checkpoints:
         raise UsageError("--checkpoints is required: one single-model checkpoint per member")
     template = posixpath.join(train_dir, checkpoint_utils.strip_checkpoint_suffix(inference_model))
-    values = fill_template(template, checkpoints)
+    values = ensemble_fill.fill_template(template, checkpoints)
     meta = template + ".meta"
     output = posixpath.join(train_dir, out_name)
     try:
@@ -132,8 +71,7 @@ def main() -> None:
 
 def run() -> None:
     """Entry point: defines the flags, parses them and runs :func:`main`."""
-    define_flags()
-    checkpoint_utils.run_tool(main)
+    cli.run(main, define_flags)
 
 
 if __name__ == "__main__":

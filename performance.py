@@ -18,44 +18,30 @@ mixed-precision ones change the numbers beyond float32 round-off:
 import tensorflow as tf
 from tensorflow.core.protobuf import rewriter_config_pb2
 
-import app_flags
-from errors import UsageError
-
-MIXED_PRECISION = ("none", "bfloat16", "float16")
+from model_config import TrainingConfig
 
 
-def mixed_precision() -> str:
-    """--mixed_precision, checked."""
-    choice = app_flags.value("mixed_precision")
-    if choice not in MIXED_PRECISION:
-        raise UsageError(f"--mixed_precision={choice} must be one of {', '.join(MIXED_PRECISION)}")
-    return choice
-
-
-def session_config(config: tf.compat.v1.ConfigProto | None = None
+def session_config(training: TrainingConfig, config: tf.compat.v1.ConfigProto | None = None
                    ) -> tf.compat.v1.ConfigProto:
-    """``config`` (or a fresh ConfigProto) with the speed flags applied."""
+    """``config`` (or a fresh ConfigProto) with the speed settings of ``training`` applied
+    (threads, --xla, --mixed_precision; validated by TrainingConfig.validate)."""
     config = config if config is not None else tf.compat.v1.ConfigProto()
-    for flag, field in (("intra_op_threads", "intra_op_parallelism_threads"),
-                        ("inter_op_threads", "inter_op_parallelism_threads")):
-        threads = app_flags.value(flag)
-        if threads < 0:
-            raise UsageError(f"--{flag}={threads} must be >= 0 (0: one per core)")
-        setattr(config, field, threads)
-    if app_flags.value("xla"):
+    config.intra_op_parallelism_threads = training.intra_op_threads
+    config.inter_op_parallelism_threads = training.inter_op_threads
+    if training.xla:
         config.graph_options.optimizer_options.global_jit_level = (
             tf.compat.v1.OptimizerOptions.ON_1)
     rewrites = config.graph_options.rewrite_options
-    choice = mixed_precision()
-    if choice == "bfloat16":
+    if training.mixed_precision == "bfloat16":
         rewrites.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
-    elif choice == "float16":
+    elif training.mixed_precision == "float16":
         rewrites.auto_mixed_precision = rewriter_config_pb2.RewriterConfig.ON
     return config
 
 
-def wrap_optimizer(optimizer: tf.compat.v1.train.Optimizer) -> tf.compat.v1.train.Optimizer:
+def wrap_optimizer(optimizer: tf.compat.v1.train.Optimizer,
+                   mixed_precision: str) -> tf.compat.v1.train.Optimizer:
     """Dynamic loss scaling for --mixed_precision=float16; the optimizer itself otherwise."""
-    if mixed_precision() != "float16":
+    if mixed_precision != "float16":
         return optimizer
     return tf.compat.v1.mixed_precision.MixedPrecisionLossScaleOptimizer(optimizer, "dynamic")

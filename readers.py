@@ -13,7 +13,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import tensorflow as tf
 
-import app_flags
+import model_config
 from errors import UsageError
 
 DATA_ERROR = "YT8M data error: "
@@ -278,7 +278,7 @@ def get_reader(frame_features: bool, feature_names: str | Sequence[str],
     ``require_labels`` (train, eval): a record without a `labels` key is an error.
     """
     if isinstance(feature_names, str) or isinstance(feature_sizes, str):
-        feature_names, feature_sizes = app_flags.parse_feature_flags(
+        feature_names, feature_sizes = model_config.split_feature_lists(
             feature_names if isinstance(feature_names, str) else ",".join(feature_names),
             feature_sizes if isinstance(feature_sizes, str)
             else ",".join(map(str, feature_sizes)))

@@ -36,32 +36,28 @@ import tensorflow as tf
 from absl import flags, logging
 
 import app_flags
-import build_ensemble
-import checkpoint_utils
+import cli
+import ensemble_fill
 import eval_util
 import input_pipeline
-import model_config
 import model_graph
 import readers
 from errors import UsageError
+from model_config import ModelConfig
 
 FLAGS = flags.FLAGS
 UNITS = 100  # weights are multiples of 1 / UNITS
 STEPS = (25, 10, 5, 2, 1)  # weight moved between two members, in units, coarse to fine
 
 
-def define_flags() -> None:
-    """This tool's own flag, defined only when it runs (besides app_flags')."""
-    build_ensemble.define_member_flag()
-
-
-def collect_predictions(config: model_config.ModelConfig, files: Sequence[str],
-                        checkpoints: Sequence[str]) -> Tuple[List[np.ndarray], np.ndarray]:
+def collect_predictions(config: ModelConfig, files: Sequence[str], checkpoints: Sequence[str],
+                        batch_size: int, num_readers: int = 8
+                        ) -> Tuple[List[np.ndarray], np.ndarray]:
     """Every member's predictions [videos, classes] (float32) and the labels (bool)."""
     graph = tf.Graph()
     with graph.as_default():
-        dataset = input_pipeline.dataset_for(config, files, app_flags.value("batch_size"),
-                                             shuffle=False, num_epochs=1)
+        dataset = input_pipeline.dataset_for(config.data, files, batch_size, shuffle=False,
+                                             num_epochs=1, num_readers=num_readers)
         batch = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
         outputs = model_graph.build_predictions(batch["video_matrix"], batch["num_frames"],
                                                 config, is_training=False)
@@ -70,7 +66,7 @@ def collect_predictions(config: model_config.ModelConfig, files: Sequence[str],
     pieces: List[List[np.ndarray]] = [[] for _ in fetches]
     start, count = time.time(), 0
     with tf.compat.v1.Session(graph=graph) as sess:
-        build_ensemble.load_members(sess, checkpoints)
+        ensemble_fill.load_members(sess, checkpoints, "(the ensemble graph of the model flags)")
         while True:
             try:
                 values = sess.run(fetches)
@@ -176,15 +172,19 @@ def weight_flags(weights: Sequence[float]) -> str:
 
 
 def main() -> None:
-    checkpoints = build_ensemble.member_checkpoints(FLAGS.member_checkpoints)
+    config = app_flags.tool_model_config()
+    model_graph.validate(config)
+    checkpoints = ensemble_fill.member_checkpoints(FLAGS.member_checkpoints, len(config.members))
     if len(checkpoints) < 2:
         raise UsageError("--ensemble_num must be at least 2: one model has no weights to search")
     if not app_flags.value("eval_data_pattern"):
         raise UsageError("--eval_data_pattern is required: the held-out files to search on")
     files = readers.resolve_data_files(app_flags.value("eval_data_pattern"),
                                        flag_name="eval_data_pattern")
-    predictions, labels = collect_predictions(model_config.from_flags(), files, checkpoints)
-    top_k = app_flags.value("top_k")
+    top_k = app_flags.positive("top_k")
+    predictions, labels = collect_predictions(config, files, checkpoints,
+                                              app_flags.positive("batch_size"),
+                                              app_flags.positive("num_readers"))
     result = search_weights(predictions, labels, top_k)
     print(f"{len(labels)} videos, GAP@{top_k}:")
     for index, (checkpoint, gap) in enumerate(zip(checkpoints, result.member_gaps,
@@ -202,8 +202,7 @@ def main() -> None:
 
 def run() -> None:
     """Entry point: defines the flags, parses them and runs :func:`main`."""
-    define_flags()
-    checkpoint_utils.run_tool(main)
+    cli.run(main, app_flags.define_member_checkpoints)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def export_saved_model(checkpoint: str, config: model_config.ModelConfig, export
     with graph.as_default():
         checkpoint_utils.create_global_step()
         serialized = tf.compat.v1.placeholder(tf.string, [None], name="serialized_examples")
-        batch = input_pipeline.reader_for(config).prepare_serialized_examples(serialized)
+        batch = input_pipeline.reader_for(config.data).prepare_serialized_examples(serialized)
         outputs = model_graph.build_predictions(batch["video_matrix"], batch["num_frames"],
                                                 config, is_training=False)
         scores, classes = tf.nn.top_k(outputs.predictions, k=min(top_k, config.num_classes))

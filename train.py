@@ -35,8 +35,11 @@ import model_config
 import model_graph
 import performance
 import readers
+import registry
+import run_lock
 import serving_export
 from errors import UsageError
+from model_config import ModelConfig, TrainingConfig
 
 CHECK_EVERY_STEPS = 10
 # Ops that create variables: the towers keep them on the CPU, shared by all.
@@ -57,30 +60,20 @@ class TrainGraph:
     init_op: tf.Operation
     sync_masters: tf.Operation
     examples_per_step: int
+    config: ModelConfig
+    training: TrainingConfig
     weights_finite: tf.Tensor  # every float variable finite: checked before each save
     sync: cluster.SyncOps | None = None  # distributed training only
 
 
-def find_optimizer(name: str):
-    cls = getattr(tf.compat.v1.train, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, tf.compat.v1.train.Optimizer)):
-        choices = sorted(n for n, c in vars(tf.compat.v1.train).items()
-                         if isinstance(c, type) and issubclass(c, tf.compat.v1.train.Optimizer)
-                         and n.endswith("Optimizer") and n != "Optimizer")
-        raise UsageError(f"--optimizer={name} is not an optimizer; choices: {', '.join(choices)}")
-    return cls
-
-
-def tower_devices() -> List[str | None]:
+def tower_devices(training: TrainingConfig) -> List[str | None]:
     """One device per tower: the first --num_gpu GPUs (CPUs with --cpu_towers), or the default.
 
     A machine with fewer GPUs than --num_gpu trains with as many towers as it
     has GPUs (one on a CPU-only machine) and says so.
     """
-    requested = app_flags.value("num_gpu")
-    if requested < 1:
-        raise UsageError(f"--num_gpu={requested} must be at least 1")
-    if app_flags.value("cpu_towers"):
+    requested = training.num_gpu
+    if training.cpu_towers:
         return [f"/cpu:{i}" for i in range(requested)] if requested > 1 else [None]
     gpus = len(tf.config.list_physical_devices("GPU"))
     count = max(1, min(requested, gpus))
@@ -100,12 +93,13 @@ def _tower_scope(device: str | None):
         lambda op: "/device:CPU:0" if op.type in _VARIABLE_OPS else device)
 
 
-def learning_rate_at(global_step: tf.Tensor, examples_per_step: int) -> tf.Tensor:
+def learning_rate_at(global_step: tf.Tensor, examples_per_step: int,
+                     training: TrainingConfig) -> tf.Tensor:
     """Staircase decay: base * decay^floor(examples_seen / decay_examples)."""
     examples = tf.cast(global_step, tf.float64) * float(examples_per_step)
-    exponent = tf.floor(examples / app_flags.value("learning_rate_decay_examples"))
-    rate = app_flags.value("base_learning_rate") * tf.pow(
-        tf.constant(app_flags.value("learning_rate_decay"), tf.float64), exponent)
+    exponent = tf.floor(examples / training.learning_rate_decay_examples)
+    rate = training.base_learning_rate * tf.pow(
+        tf.constant(training.learning_rate_decay, tf.float64), exponent)
     return tf.cast(rate, tf.float32)
 
 
@@ -151,7 +145,7 @@ def _clip(grads_and_vars, max_norm: float):
             for g, v in grads_and_vars]
 
 
-def build_training_graph(config: model_config.ModelConfig, files: List[str],
+def build_training_graph(config: ModelConfig, training: TrainingConfig, files: List[str],
                          task: cluster.Task = cluster.Task(),
                          dataset_transform: Callable[[tf.data.Dataset], tf.data.Dataset]
                          | None = None) -> TrainGraph:
@@ -160,25 +154,27 @@ def build_training_graph(config: model_config.ModelConfig, files: List[str],
     ``dataset_transform`` (benchmarks) rewrites the input dataset, e.g. to
     repeat one cached batch and time the step without the input pipeline.
     """
-    devices = tower_devices()
-    batch_size = app_flags.value("batch_size")
+    devices = tower_devices(training)
+    batch_size = training.batch_size
     graph = tf.Graph()
     with graph.as_default(), task.graph_device_scope(graph):
-        seed = app_flags.value("random_seed")
+        seed = training.random_seed
         if seed is not None:
             tf.compat.v1.set_random_seed(seed)
         global_step = checkpoint_utils.create_global_step()
         with task.input_device_scope():
             dataset = input_pipeline.dataset_for(
-                config, files, batch_size * len(devices), shuffle=True,
-                num_epochs=app_flags.value("num_epochs"), require_labels=True, seed=seed)
+                config.data, files, batch_size * len(devices), shuffle=True,
+                num_epochs=training.num_epochs, require_labels=True, seed=seed,
+                num_readers=training.num_readers,
+                skip_corrupt_records=training.skip_corrupt_records)
             if dataset_transform is not None:
                 dataset = dataset_transform(dataset)
             batch = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
-        learning_rate = learning_rate_at(global_step, batch_size * len(devices))
+        learning_rate = learning_rate_at(global_step, batch_size * len(devices), training)
         optimizer = performance.wrap_optimizer(
-            find_optimizer(app_flags.value("optimizer"))(learning_rate))
-        label_loss_fn = model_graph.find_loss(config.label_loss)
+            registry.find_optimizer(training.optimizer)(learning_rate), training.mixed_precision)
+        label_loss_fn = registry.find_loss(config.label_loss)
 
         labels = tf.cast(batch["labels"], tf.float32)
         total = tf.cast(tf.shape(labels)[0], tf.float32)
@@ -202,13 +198,13 @@ def build_training_graph(config: model_config.ModelConfig, files: List[str],
                 label_loss = model_graph.label_loss(label_loss_fn, outputs.predictions,
                                                     tower_labels)
                 label_loss = tf.where(count > 0, label_loss, 0.0)  # an empty last-batch tower
-                loss = label_loss + app_flags.value("regularization_penalty") * regularization
+                loss = label_loss + training.regularization_penalty * regularization
                 tower_grads.append(optimizer.compute_gradients(loss, variables))
                 tower_weights.append(count / total)
                 tower_losses.append(label_loss * count / total)
                 tower_predictions.append(outputs.predictions)
         grads = _clip(_average_gradients(tower_grads, tower_weights),
-                      app_flags.value("clip_gradient_norm"))
+                      training.clip_gradient_norm)
         apply_op, sync_masters = fp16_training.apply_gradients(optimizer, grads, global_step)
         train_op = tf.group(apply_op, *update_ops)
         with tf.control_dependencies([train_op]):
@@ -225,15 +221,19 @@ def build_training_graph(config: model_config.ModelConfig, files: List[str],
                       learning_rate=learning_rate, predictions=tf.concat(tower_predictions, 0),
                       labels=labels, saver=saver, init_op=init_op,
                       sync_masters=sync_masters, examples_per_step=batch_size * len(devices),
+                      config=config, training=training,
                       weights_finite=weights_finite, sync=sync)
 
 
 class CheckpointSchedule:
     """When to save: see the module docstring (the README's step numbers depend on it)."""
 
-    def __init__(self, last_saved_step: int | None):
+    def __init__(self, last_saved_step: int | None, export_model_steps: int,
+                 save_checkpoint_secs: int):
         self.last_step = last_saved_step
         self.last_time = time.time()
+        self.every_steps = export_model_steps
+        self.every_secs = save_checkpoint_secs
 
     def due(self, step: int, previous_step: int) -> bool:
         """Checked when the step passes a multiple of 10: every such step in one process;
@@ -242,9 +242,9 @@ class CheckpointSchedule:
             return False
         if self.last_step is None:
             return True
-        if step - self.last_step >= app_flags.value("export_model_steps"):
+        if step - self.last_step >= self.every_steps:
             return True
-        return time.time() - self.last_time >= app_flags.value("save_checkpoint_secs")
+        return time.time() - self.last_time >= self.every_secs
 
     def saved(self, step: int) -> None:
         self.last_step = step
@@ -269,9 +269,9 @@ def _summary(writer, step: int, values: dict) -> None:
     writer.add_summary(summary, step)
 
 
-def resume_checkpoint(train_dir: str) -> str | None:
-    """--checkpoint_file if given (relative to train_dir or absolute), else the newest."""
-    name = app_flags.value("checkpoint_file")
+def resume_checkpoint(train_dir: str, name: str) -> str | None:
+    """Checkpoint ``name`` (--checkpoint_file: relative to train_dir or absolute) if given,
+    else the newest."""
     if name:
         path = name if "://" in name or os.path.isabs(name) else os.path.join(train_dir, name)
         if path.endswith(".index"):
@@ -301,12 +301,25 @@ def restore_saver(tg: TrainGraph, checkpoint: str) -> tf.compat.v1.train.Saver:
         return tf.compat.v1.train.Saver(present)
 
 
-def _session_config() -> tf.compat.v1.ConfigProto:
+def _session_config(training: TrainingConfig) -> tf.compat.v1.ConfigProto:
     config = tf.compat.v1.ConfigProto(
-        allow_soft_placement=True, log_device_placement=app_flags.value("log_device_placement"))
-    if app_flags.value("cpu_towers"):
-        config.device_count["CPU"] = max(1, app_flags.value("num_gpu"))
-    return performance.session_config(config)
+        allow_soft_placement=True, log_device_placement=training.log_device_placement)
+    if training.cpu_towers:
+        config.device_count["CPU"] = max(1, training.num_gpu)
+    return performance.session_config(training, config)
+
+
+def configure(train_dir: str) -> Tuple[ModelConfig, TrainingConfig]:
+    """The run's configuration, validated: the flags, or a resumed run's
+    model_flags.json with the given flags (model flags must agree with it;
+    training flags given replace its training settings)."""
+    stored = None if app_flags.value("start_new_model") else model_config.read_json(train_dir)
+    config = app_flags.resolve_model_config(stored)
+    training = app_flags.training_config(stored.training if stored else None)
+    model_graph.validate(config)
+    training.validate()
+    registry.find_optimizer(training.optimizer)
+    return config, training
 
 
 def train() -> None:
@@ -316,35 +329,54 @@ def train() -> None:
                      "eval.py (without --run_once) to evaluate the checkpoints as they appear.")
         return
     if task.is_ps:
-        task.start_server(_session_config()).join()  # serves the variables until killed
+        training = app_flags.training_config()
+        training.validate()
+        task.start_server(_session_config(training)).join()  # serves the variables until killed
         return
     train_dir = app_flags.value("train_dir")
     stop = _StopRequest()  # from here on, SIGTERM leads to a final checkpoint
-    config = model_config.from_flags()
-    model_graph.find_model_class(config.model)
-    model_graph.find_loss(config.label_loss)
-    find_optimizer(app_flags.value("optimizer"))
-    app_flags.ensemble_members()
+    config, training = configure(train_dir)
     if not app_flags.value("train_data_pattern"):
         raise UsageError("--train_data_pattern is required")
     files = task.shard_files(readers.resolve_data_files(
         app_flags.value("train_data_pattern"), app_flags.value("exclude_data_pattern"),
         flag_name="train_data_pattern"))
-    if task.is_chief:
-        if app_flags.value("start_new_model") and tf.io.gfile.exists(train_dir):
-            logging.info("--start_new_model: removing %s", train_dir)
-            tf.io.gfile.rmtree(train_dir)
-        checkpoint_utils.check_writable(train_dir, "train_dir", is_directory=True)
-        model_config.check_or_write(train_dir, config)
+    tg = build_training_graph(config, training, files, task)
     logging.info("Training on %d files: %s%s", len(files), ", ".join(files[:3]),
                  " ..." if len(files) > 3 else "")
+    if not task.is_chief:
+        _run(tg, task, train_dir, None, stop)
+        return
+    checkpoint_utils.check_writable(train_dir, "train_dir", is_directory=True)
+    with run_lock.RunLock(train_dir):
+        if app_flags.value("start_new_model"):
+            _clear(train_dir)
+        model_config.write_json(train_dir, config, training)
+        _run(tg, task, train_dir, resume_checkpoint(train_dir, app_flags.value("checkpoint_file")),
+             stop)
 
-    tg = build_training_graph(config, files, task)
-    checkpoint = resume_checkpoint(train_dir) if task.is_chief else None
-    target = task.start_server(_session_config()).target if task.distributed else ""
+
+def _clear(train_dir: str) -> None:
+    """--start_new_model: empties train_dir (but for this process's lock)."""
+    logging.info("--start_new_model: removing the contents of %s", train_dir)
+    for name in tf.io.gfile.listdir(train_dir):
+        path = os.path.join(train_dir, name.rstrip("/"))
+        if name == run_lock.LOCK_NAME:
+            continue
+        if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+        else:
+            tf.io.gfile.remove(path)
+
+
+def _run(tg: TrainGraph, task: cluster.Task, train_dir: str, checkpoint: str | None,
+         stop: _StopRequest) -> None:
+    """Trains in a session: this task's share of the steps; the chief also saves."""
+    training = tg.training
+    target = task.start_server(_session_config(training)).target if task.distributed else ""
     start_time = time.time()
     with tf.compat.v1.Session(target, graph=tg.graph,
-                              config=task.session_config(_session_config())) as sess:
+                              config=task.session_config(_session_config(training))) as sess:
         if task.is_chief:
             _initialise(sess, tg, task, checkpoint)
         else:
@@ -352,7 +384,9 @@ def train() -> None:
         tg.graph.finalize()
         schedule = None
         if task.is_chief:
-            schedule = CheckpointSchedule(int(sess.run(tg.global_step)) if checkpoint else None)
+            schedule = CheckpointSchedule(int(sess.run(tg.global_step)) if checkpoint else None,
+                                          training.export_model_steps,
+                                          training.save_checkpoint_secs)
         steps_run, step = _train_loop(sess, tg, train_dir, schedule, stop)
         if schedule:
             step = _finish_as_chief(sess, tg, train_dir, schedule, stop, task)
@@ -389,9 +423,9 @@ def _save(sess, tg: TrainGraph, train_dir: str, schedule: CheckpointSchedule) ->
         record_in_state=True)
     schedule.saved(step)
     logging.info("Saved checkpoint %s", path)
-    if app_flags.value("export_saved_model"):
+    if tg.training.export_saved_model:
         export_dir = serving_export.export_saved_model(
-            path, model_config.from_flags(), os.path.join(train_dir, "export", f"step_{step}"))
+            path, tg.config, os.path.join(train_dir, "export", f"step_{step}"))
         logging.info("Exported the SavedModel %s", export_dir)
     return step
 
@@ -409,8 +443,10 @@ def _train_loop(sess, tg: TrainGraph, train_dir: str, schedule: CheckpointSchedu
 
     Only the chief (with a ``schedule``) writes checkpoints and summaries.
     """
-    max_steps = app_flags.value("max_steps")
-    writer = tf.compat.v1.summary.FileWriter(train_dir) if schedule else None
+    max_steps = tg.training.max_steps
+    # The pid in the name: two processes never append to one event file.
+    writer = (tf.compat.v1.summary.FileWriter(train_dir, filename_suffix=f".{os.getpid()}")
+              if schedule else None)
     step = int(sess.run(tg.global_step))
     steps_run = examples_since = 0
     last_log = time.time()
@@ -423,8 +459,7 @@ def _train_loop(sess, tg: TrainGraph, train_dir: str, schedule: CheckpointSchedu
             try:
                 values = sess.run(fetches)
             except tf.errors.OutOfRangeError:
-                logging.info("Done: %d epochs of training data read.",
-                             app_flags.value("num_epochs"))
+                logging.info("Done: %d epochs of training data read.", tg.training.num_epochs)
                 break
             previous_step, step, loss = step, int(values[0]), float(values[1])
             steps_run += 1
@@ -485,4 +520,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, app_flags.TRAIN)
+    cli.run(main, *app_flags.runner_hooks(app_flags.TRAIN))

@@ -9,24 +9,27 @@ from typing import Dict
 
 import tensorflow as tf
 
-import app_flags
 import core_fp16
 import layers_fp16
+import registry
 
 
+@registry.classifier
 class LogisticModel:
     """Logistic regression: ``fully_connected/{weights,biases}``, sigmoid."""
 
-    def create_model(self, model_input: tf.Tensor, vocab_size: int,
-                     l2_penalty: float | None = None, **unused_params) -> Dict[str, tf.Tensor]:
-        """``l2_penalty`` defaults to 1e-8, as in the starter code."""
-        l2_penalty = 1e-8 if l2_penalty is None else l2_penalty
+    SETTINGS: Dict[str, str] = {}
+
+    def create_model(self, model_input: tf.Tensor, vocab_size: int, is_training: bool = True,
+                     l2_penalty: float = 1e-8) -> Dict[str, tf.Tensor]:
+        """``l2_penalty`` is the starter code's 1e-8; ``is_training`` changes nothing."""
         predictions = layers_fp16.fully_connected(
             model_input, vocab_size, activation_fn=tf.sigmoid,
             weights_regularizer=layers_fp16.l2_regularizer(l2_penalty))
         return {"predictions": predictions}
 
 
+@registry.classifier
 class MoeModel:
     """Per-class softmax over M logistic experts plus a dummy expert that says 0.
 
@@ -35,28 +38,20 @@ class MoeModel:
     own: ``gates``, ``experts``, ... sit in the caller's scope.
     """
 
-    def create_model(self, model_input: tf.Tensor, vocab_size: int, is_training: bool = True,
-                     num_mixtures: int | None = None, l2_penalty: float | None = None,
-                     float16_flag: bool | None = None, prob_gating: bool | None = None,
-                     prob_gating_input: str | None = None, remove_diag: bool | None = None,
-                     low_rank_gating: int | None = None, add_batch_norm: bool | None = None,
-                     **unused_params) -> Dict[str, tf.Tensor]:
-        """Returns {"predictions": [batch, vocab_size]}.
+    SETTINGS = {"moe_num_mixtures": "num_mixtures", "moe_l2": "l2_penalty",
+                "float16_flag": "float16_flag", "moe_prob_gating": "prob_gating",
+                "moe_prob_gating_input": "prob_gating_input",
+                "gating_remove_diag": "remove_diag", "moe_low_rank_gating": "low_rank_gating"}
 
-        Each None argument takes its flag (moe_num_mixtures, moe_l2,
-        float16_flag, moe_prob_gating, moe_prob_gating_input,
-        gating_remove_diag, moe_low_rank_gating).  ``add_batch_norm`` is
-        accepted for interface symmetry and ignored: ``gating_prob_bn`` is
-        always a batch norm (SPEC 4.1).
+    def create_model(self, model_input: tf.Tensor, vocab_size: int, is_training: bool = True,
+                     num_mixtures: int = 5, l2_penalty: float = 1e-8,
+                     float16_flag: bool = False, prob_gating: bool = False,
+                     prob_gating_input: str = "prob", remove_diag: bool = False,
+                     low_rank_gating: int = -1) -> Dict[str, tf.Tensor]:
+        """Returns {"predictions": [batch, vocab_size]}; the defaults are the 2018 flags'.
+
+        ``gating_prob_bn`` is always a batch norm (SPEC 4.1).
         """
-        del add_batch_norm
-        num_mixtures = app_flags.arg_or_flag(num_mixtures, "moe_num_mixtures")
-        l2_penalty = app_flags.arg_or_flag(l2_penalty, "moe_l2")
-        float16_flag = app_flags.arg_or_flag(float16_flag, "float16_flag")
-        prob_gating = app_flags.arg_or_flag(prob_gating, "moe_prob_gating")
-        prob_gating_input = app_flags.arg_or_flag(prob_gating_input, "moe_prob_gating_input")
-        remove_diag = app_flags.arg_or_flag(remove_diag, "gating_remove_diag")
-        low_rank_gating = app_flags.arg_or_flag(low_rank_gating, "moe_low_rank_gating")
 
         def linear(inputs, units, scope, biases_initializer=None):
             return layers_fp16.fully_connected(

@@ -14,8 +14,8 @@ from typing import Dict, List
 
 import tensorflow as tf
 
+import app_flags
 import input_pipeline
-import model_config
 import performance
 from benchmarks import common
 
@@ -25,7 +25,8 @@ _V1 = tf.compat.v1
 def _rate(count: tf.Tensor, batches: int, rounds: int, warmup: int) -> Dict[str, object]:
     """Items per second over ``rounds`` blocks of ``batches`` fetches of ``count``."""
     rates, cpu = [], []
-    with _V1.Session(graph=count.graph, config=performance.session_config()) as sess:
+    config = performance.session_config(app_flags.training_config())
+    with _V1.Session(graph=count.graph, config=config) as sess:
         for _ in range(warmup):
             sess.run(count)
         for _ in range(rounds):
@@ -52,7 +53,7 @@ def _raw(files: List[str], batch_size: int, batches: int, rounds: int,
 
 def _parsed(files: List[str], batch_size: int, batches: int, rounds: int) -> Dict[str, object]:
     with tf.Graph().as_default():
-        dataset = input_pipeline.dataset_for(model_config.from_flags(), files, batch_size,
+        dataset = input_pipeline.dataset_for(app_flags.data_config(), files, batch_size,
                                              shuffle=True, num_epochs=None,
                                              require_labels=True, seed=1)
         batch = _V1.data.make_one_shot_iterator(dataset).get_next()

@@ -13,6 +13,7 @@ from typing import Dict, List
 
 import tensorflow as tf
 
+import app_flags
 import export
 import model_config
 import model_graph
@@ -23,8 +24,8 @@ MODEL_NAME = "inference_model"
 
 def save_model(train_dir: str) -> None:
     """A fresh model of the parsed flags' configuration, saved for eval and inference."""
-    config = model_config.from_flags()
-    model_config.check_or_write(train_dir, config)
+    config = app_flags.model_config()
+    model_config.write_json(train_dir, config)
     graph = model_graph.build_inference_graph(config)
     with graph.as_default():
         saver = tf.compat.v1.train.Saver(model_graph.model_variables())

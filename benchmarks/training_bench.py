@@ -45,7 +45,8 @@ class MatmulRate:
     def __init__(self, size: int, dtype: tf.DType = tf.float32):
         self.size = size
         graph, self._fetch, init = _matmul(size, dtype)
-        self._session = _V1.Session(graph=graph, config=performance.session_config())
+        config = performance.session_config(app_flags.training_config())
+        self._session = _V1.Session(graph=graph, config=config)
         self._session.run(init)
         self._session.run(self._fetch)
         self.samples: List[float] = []
@@ -73,10 +74,12 @@ class _Trainer:
     def __init__(self, settings: common.Settings, config: model_config.ModelConfig,
                  files: List[str], transform: Callable | None,
                  session_config: _V1.ConfigProto | None = None):
-        self.tg = train.build_training_graph(config, files, dataset_transform=transform)
+        self.tg = train.build_training_graph(config, app_flags.training_config(), files,
+                                            dataset_transform=transform)
         self._fetches = [self.tg.step_after_train, self.tg.label_loss]
         self._session = _V1.Session(graph=self.tg.graph,
-                                    config=session_config or performance.session_config())
+                                    config=session_config or performance.session_config(
+                                        app_flags.training_config()))
         self._session.run(self.tg.init_op)
         self.tg.graph.finalize()
         for _ in range(settings.warmup_steps):
@@ -115,7 +118,7 @@ def _traced_step(settings: common.Settings, config: model_config.ModelConfig,
 
     Traced before the timed trainers exist, so nothing else of this process runs.
     """
-    serial = performance.session_config()
+    serial = performance.session_config(app_flags.training_config())
     serial.inter_op_parallelism_threads = 1
     traced = _Trainer(settings, config, files, _cached_batch, serial)
     try:
@@ -136,7 +139,7 @@ def measure(settings: common.Settings, files: List[str]) -> Dict[str, object]:
     best step rate by the best matmul rate.  First, steps fed from memory are
     traced op by op (benchmarks/step_profile.py) to say where the time goes.
     """
-    config = model_config.from_flags()
+    config = app_flags.model_config()
     shape = flops.NetVLADShape(frames=settings.iterations, cluster_size=settings.cluster_size,
                                hidden_size=settings.hidden_size,
                                num_classes=settings.num_classes,

@@ -1,9 +1,11 @@
 """Shared test helpers: run a script of the repo, write small TFRecord files."""
+import glob
 import json
 import os
 import re
 import subprocess
 import sys
+import time
 from typing import Dict, Iterable, Mapping
 
 import numpy as np
@@ -107,3 +109,39 @@ def size_report_totals(stdout: str) -> tuple:
     match = re.search(r"total as stored: ([\d,]+) bytes .*all float32: ([\d,]+) bytes", stdout)
     assert match, stdout
     return tuple(int(g.replace(",", "")) for g in match.groups())
+
+
+def train_args(data: str, run_dir: str, *extra: str) -> list:
+    return [f"--train_data_pattern={data}/video/train*.tfrecord", f"--train_dir={run_dir}",
+            *LOGISTIC_FLAGS, "--batch_size=4", "--num_readers=2", "--num_epochs=100000",
+            "--random_seed=1", *extra]
+
+
+def start(script: str, args: list, log_dir: str, name: str) -> subprocess.Popen:
+    """Runs `python <script>.py args` in the background, stdout and stderr to files."""
+    stdout = open(os.path.join(log_dir, name + ".out"), "w")
+    stderr = open(os.path.join(log_dir, name + ".err"), "w")
+    with stdout, stderr:
+        return subprocess.Popen([sys.executable, os.path.join(REPO, script + ".py"), *args],
+                                cwd=REPO, stdout=stdout, stderr=stderr)
+
+
+def read(log_dir: str, name: str) -> str:
+    with open(os.path.join(log_dir, name)) as f:
+        return f.read()
+
+
+def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    """Polls `condition` while `process` runs; fails if it ends or the time runs out."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.poll() is None, f"the process ended (rc {process.returncode}) before {what}"
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def steps_on_disk(run_dir: str) -> list:
+    """The N of every RUN/model.ckpt-N.index, sorted."""
+    names = (os.path.basename(p) for p in glob.glob(os.path.join(run_dir, "model.ckpt-*.index")))
+    return sorted(int(m.group(1)) for m in map(re.compile(r"model\.ckpt-(\d+)\.index").fullmatch,
+                                                 names) if m)

@@ -111,7 +111,7 @@ def test_build_ensemble_errors_name_the_problem(dbof_ensemble, tmp_path):
     out = str(tmp_path / "out")
     result = run_script("build_ensemble", f"--train_dir={out}", *DBOF_FLAGS,
                         f"--member_checkpoints={ensemble}")
-    assert "--member_checkpoints has 1 paths but the model flags describe 2" in \
+    assert "--member_checkpoints has 1 paths but the model describes 2" in \
         error_lines(result)
     # An ensemble checkpoint is no single model: its tower/model1/ variables have no place.
     result = run_script("build_ensemble", f"--train_dir={out}", *DBOF_FLAGS,

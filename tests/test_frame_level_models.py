@@ -1,5 +1,6 @@
 """The frame-level model zoo: builds, learns, scores each video independently of its
-batch, honours explicit arguments over flags; LSTM/GRU cells against numpy."""
+batch, defaults to the 2018 settings; LSTM/GRU cells against numpy."""
+import inspect
 import os
 import sys
 
@@ -11,8 +12,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import app_flags  # noqa: E402
 import frame_level_models  # noqa: E402
+import model_config  # noqa: E402
 import rnn_cells  # noqa: E402
 from errors import UsageError  # noqa: E402
 
@@ -76,8 +77,11 @@ def test_zoo_model_learns_and_scores_videos_independently(case):
     test_frames, test_counts = random_videos(rng, 16)
     with tf.Graph().as_default():
         V1.set_random_seed(1)
-        inputs, counts, predictions = build(model, dict(params, sample_random_frames=False),
-                                            is_training=True)
+        if "sample_random_frames" in getattr(frame_level_models, model).SETTINGS:
+            train_params = dict(params, sample_random_frames=False)
+        else:
+            train_params = params
+        inputs, counts, predictions = build(model, train_params, is_training=True)
         eps = 1e-5
         loss = -tf.reduce_mean(tf.reduce_sum(
             labels * tf.math.log(predictions + eps)
@@ -102,9 +106,7 @@ def test_zoo_model_learns_and_scores_videos_independently(case):
     np.testing.assert_allclose(alone[0], in_batch[5], rtol=0, atol=1e-5)
 
 
-def test_explicit_argument_wins_over_flag():
-    # Flag default netvlad_add_batch_norm=True; the explicit False gives biases.
-    assert app_flags.value("netvlad_add_batch_norm") is True
+def test_explicit_arguments_build_what_they_say():
     with tf.Graph().as_default():
         build("NetVLADModelLF", dict(SMALL, add_batch_norm=False, gating=True), True)
         names = variable_names()
@@ -112,23 +114,22 @@ def test_explicit_argument_wins_over_flag():
             "tower/gating_biases"} <= names
     assert not any("cluster_bn" in n or "gating_bn" in n for n in names)
     assert "tower/hidden1_bn/gamma" in names  # hidden1_bn is always there (SPEC 4.1)
-
-    # A flag set to False loses against an explicit True, and is used when None.
-    flag = app_flags.FLAGS["netvlad_add_batch_norm"]
-    sizes = app_flags.FLAGS["netvlad_cluster_size"]
-    old_flag, old_sizes = flag.value, sizes.value
-    flag.value, sizes.value = False, [4]
-    try:
-        with tf.Graph().as_default():
-            build("NetVLADModelLF", dict(SMALL, add_batch_norm=True), True)
-            assert "tower/video_VLAD/cluster_bn/beta" in variable_names()
-        with tf.Graph().as_default():
-            build("NetVLADModelLF", dict(SMALL, cluster_size=None), True)
-            variables = {v.op.name: v.shape.as_list() for v in V1.global_variables()}
-    finally:
-        flag.value, sizes.value = old_flag, old_sizes
-    assert "tower/video_VLAD/cluster_biases" in variables
+    with tf.Graph().as_default():
+        build("NetVLADModelLF", dict(SMALL, cluster_size=4), True)
+        variables = {v.op.name: v.shape.as_list() for v in V1.global_variables()}
+    assert "tower/video_VLAD/cluster_bn/beta" in variables
     assert variables["tower/video_VLAD/conv2/cluster_weights"] == [1024, 4]
+
+
+@pytest.mark.parametrize("model", sorted({model for model, _ in ZOO.values()}))
+def test_argument_defaults_are_the_settings_defaults(model):
+    """Each create_model argument a setting maps to defaults to that setting's default
+    (the 2018 flag's), so a model built directly is the model the flags' defaults build."""
+    cls = getattr(frame_level_models, model)
+    parameters = inspect.signature(cls().create_model).parameters
+    defaults = model_config.ModelSettings()
+    for setting, argument in cls.SETTINGS.items():
+        assert parameters[argument].default == getattr(defaults, setting), (setting, argument)
 
 
 def test_bad_inputs_are_usage_errors():

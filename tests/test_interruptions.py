@@ -9,49 +9,20 @@ import random
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import checkpoint_utils
-from helpers import LOGISTIC_FLAGS, REPO, run_script
-
-
-def train_args(data: str, run_dir: str, *extra: str) -> list:
-    return [f"--train_data_pattern={data}/video/train*.tfrecord", f"--train_dir={run_dir}",
-            *LOGISTIC_FLAGS, "--batch_size=4", "--num_readers=2", "--num_epochs=100000",
-            "--random_seed=1", *extra]
-
-
-def start(script: str, args: list, log_dir: str, name: str) -> subprocess.Popen:
-    """Runs `python <script>.py args` in the background, stdout and stderr to files."""
-    stdout = open(os.path.join(log_dir, name + ".out"), "w")
-    stderr = open(os.path.join(log_dir, name + ".err"), "w")
-    with stdout, stderr:
-        return subprocess.Popen([sys.executable, os.path.join(REPO, script + ".py"), *args],
-                                cwd=REPO, stdout=stdout, stderr=stderr)
-
-
-def read(log_dir: str, name: str) -> str:
-    with open(os.path.join(log_dir, name)) as f:
-        return f.read()
-
-
-def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 120) -> None:
-    """Polls `condition` while `process` runs; fails if it ends or the time runs out."""
-    deadline = time.time() + timeout
-    while not condition():
-        assert process.poll() is None, f"the process ended (rc {process.returncode}) before {what}"
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-def steps_on_disk(run_dir: str) -> list:
-    return [step for step, _ in checkpoint_utils.list_checkpoints(run_dir)]
+from helpers import (
+    read,
+    run_script,
+    start,
+    steps_on_disk,
+    train_args,
+    wait_for,
+)
 
 
 def check_loadable(run_dir: str, step: int) -> None:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import ensemble_fill
 import overwrite_float16_ckpt
 from errors import UsageError
 from helpers import member_prefix, read_checkpoint, run_script
@@ -128,7 +129,7 @@ def test_missing_variable_and_shape_mismatch_name_both_sides(setup):
         bad[name] = os.path.join(root, name, "model.ckpt-5")
         _save_models([(bad[name], _single_model_values(rng, 3, model))], _float32(model),
                      write_meta_graph=False)
-    fill = overwrite_float16_ckpt.fill_template
+    fill = ensemble_fill.fill_template
     template = os.path.join(train_dir, TEMPLATE)
     with pytest.raises(UsageError) as error:
         fill(template, sources[:3] + [bad["lacking"]] + sources[4:])

@@ -4,29 +4,16 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import rewriter_config_pb2
 
-import app_flags
 import performance
 import train
 from errors import UsageError
+from model_config import TrainingConfig
 
 ON = rewriter_config_pb2.RewriterConfig.ON
 
 
-@pytest.fixture
-def flags():
-    """Sets speed flags for one test and restores their defaults afterwards."""
-    names = ("mixed_precision", "xla", "intra_op_threads", "inter_op_threads")
-    saved = {name: app_flags.FLAGS[name].value for name in names}
-
-    def set_flags(**values):
-        for name, value in values.items():
-            app_flags.FLAGS[name].value = value
-    yield set_flags
-    set_flags(**saved)
-
-
-def test_defaults_leave_tensorflow_defaults(flags):
-    config = performance.session_config()
+def test_defaults_leave_tensorflow_defaults():
+    config = performance.session_config(TrainingConfig())
     assert config.intra_op_parallelism_threads == 0 == config.inter_op_parallelism_threads
     assert config.graph_options.optimizer_options.global_jit_level == 0
     rewrites = config.graph_options.rewrite_options
@@ -34,42 +21,42 @@ def test_defaults_leave_tensorflow_defaults(flags):
     assert rewrites.auto_mixed_precision_onednn_bfloat16 != ON
 
 
-def test_flags_reach_the_session_config(flags):
-    flags(mixed_precision="bfloat16", xla=True, intra_op_threads=2, inter_op_threads=1)
+def test_settings_reach_the_session_config():
+    training = TrainingConfig(mixed_precision="bfloat16", xla=True, intra_op_threads=2,
+                              inter_op_threads=1)
     base = tf.compat.v1.ConfigProto(allow_soft_placement=True)
-    config = performance.session_config(base)
+    config = performance.session_config(training, base)
     assert config is base and config.allow_soft_placement
     assert (config.intra_op_parallelism_threads, config.inter_op_parallelism_threads) == (2, 1)
     assert config.graph_options.optimizer_options.global_jit_level == (
         tf.compat.v1.OptimizerOptions.ON_1)
     assert config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 == ON
-    flags(mixed_precision="float16")
-    assert performance.session_config().graph_options.rewrite_options.auto_mixed_precision == ON
+    float16 = performance.session_config(TrainingConfig(mixed_precision="float16"))
+    assert float16.graph_options.rewrite_options.auto_mixed_precision == ON
 
 
 @pytest.mark.parametrize("name,value", [("mixed_precision", "half"), ("intra_op_threads", -1)])
-def test_bad_values_name_the_flag(flags, name, value):
-    flags(**{name: value})
+def test_bad_values_name_the_flag(name, value):
     with pytest.raises(UsageError, match=f"--{name}"):
-        performance.session_config()
+        TrainingConfig(**{name: value}).validate()
 
 
-def test_float16_wraps_the_optimizer_with_loss_scaling(flags):
+def test_float16_wraps_the_optimizer_with_loss_scaling():
     with tf.Graph().as_default():
         optimizer = tf.compat.v1.train.AdamOptimizer(0.1)
-        assert performance.wrap_optimizer(optimizer) is optimizer
-        flags(mixed_precision="float16")
-        wrapped = performance.wrap_optimizer(optimizer)
+        assert performance.wrap_optimizer(optimizer, "none") is optimizer
+        assert performance.wrap_optimizer(optimizer, "bfloat16") is optimizer
+        wrapped = performance.wrap_optimizer(optimizer, "float16")
         assert isinstance(wrapped, tf.compat.v1.mixed_precision.MixedPrecisionLossScaleOptimizer)
 
 
-def test_float16_loss_scaling_skips_overflowing_steps(flags):
+def test_float16_loss_scaling_skips_overflowing_steps():
     """An infinite gradient leaves the weights alone; a finite one updates them."""
-    flags(mixed_precision="float16")
     with tf.Graph().as_default():
         weight = tf.compat.v1.get_variable("w", initializer=np.float32(1.0))
         scale = tf.compat.v1.placeholder(tf.float32, [])
-        optimizer = performance.wrap_optimizer(tf.compat.v1.train.GradientDescentOptimizer(0.5))
+        optimizer = performance.wrap_optimizer(tf.compat.v1.train.GradientDescentOptimizer(0.5),
+                                               "float16")
         grads = optimizer.compute_gradients(weight * scale, [weight])
         step = optimizer.apply_gradients(train._clip(grads, 1.0))
         with tf.compat.v1.Session() as sess:

@@ -207,9 +207,14 @@ def test_eval_refuses_a_checkpoint_of_another_shape(sample_data, trained, tmp_pa
     run_dir, _ = trained
     copy = str(tmp_path / "run")
     shutil.copytree(run_dir, copy)
-    flags = [f for f in MODEL_FLAGS if not f.startswith("--netvlad_cluster_size")]
+    path = os.path.join(copy, "model_flags.json")  # now describes another model
+    with open(path) as f:
+        content = json.load(f)
+    content["members"][0]["settings"]["netvlad_cluster_size"] = 8
+    with open(path, "w") as f:
+        json.dump(content, f)
     result = run_script("eval", f"--train_dir={copy}", "--checkpoint=model.ckpt-20",
-                        "--create_meta_only", "--netvlad_cluster_size=8", *flags)
+                        "--create_meta_only")
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ERROR:") and "model.ckpt-20" in last and "shape" in last

@@ -9,27 +9,14 @@ if _ROOT not in sys.path:
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import flags  # noqa: E402
 
-import app_flags  # noqa: E402
+import model_config  # noqa: E402
+import registry  # noqa: E402
 import video_level_models  # noqa: E402
 
 V1 = tf.compat.v1
 B, D, V, M = 3, 5, 4, 2
 BN_NAMES = ("beta", "gamma", "moving_mean", "moving_variance")
-
-
-@pytest.fixture
-def flag_defaults():
-    """Sets flag defaults for one test and restores them afterwards."""
-    saved = {}
-
-    def set_default(name, value):
-        saved.setdefault(name, app_flags.value(name))
-        flags.FLAGS.set_default(name, value)
-    yield set_default
-    for name, value in saved.items():
-        flags.FLAGS.set_default(name, value)
 
 
 def _sigmoid(z):
@@ -151,12 +138,12 @@ def test_moe_low_rank_variables():
         assert len(V1.get_collection(V1.GraphKeys.REGULARIZATION_LOSSES)) == 3
 
 
-def test_moe_flag_defaults_and_explicit_false_wins(flag_defaults):
-    flag_defaults("moe_prob_gating", True)
-    flag_defaults("moe_num_mixtures", 3)
-    flag_defaults("float16_flag", True)
+def test_moe_settings_reach_the_model_and_explicit_false_wins():
+    settings = model_config.ModelSettings(moe_prob_gating=True, moe_num_mixtures=3,
+                                          float16_flag=True)
+    arguments = registry.member_arguments(model_config.MemberConfig("MoeModel", 1.0, settings))
     with tf.Graph().as_default():
-        _build_moe()
+        _build_moe(**arguments)
         variables = {v.op.name: v for v in V1.global_variables()}
         assert "gating_prob_weights" in variables
         assert variables["gates/weights"].shape.as_list() == [D, V * 4]
