@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app
 
-from errors import UsageError, exit_with_message, parse_flags
+from errors import UsageError, disk_full_message, exit_with_message, parse_flags
 
 gfile = tf.io.gfile
 
@@ -242,9 +242,22 @@ def run_tool(main: Callable[[], None]) -> None:
 
 
 def describe_error(error: Exception) -> str:
-    """The first line of an error's message (TF messages run on for pages)."""
-    text = getattr(error, "message", None) or str(error)
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    """One line of an error's message: TF messages run on for pages.
+
+    A full disk says so and names the file; for a "Graph execution error:"
+    the cause is the line before the failing node's ``[[{{node ...}}]]``.
+    """
+    full = disk_full_message(error)
+    if full:
+        return full
+    lines = [line.strip() for line in (getattr(error, "message", None) or str(error)).splitlines()
+             if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if lines[0] == "Graph execution error:":
+        causes = [lines[i - 1] for i in range(1, len(lines)) if lines[i].startswith("[[")]
+        return causes[0] if causes else lines[-1]
+    return lines[0]
 
 
 def save_atomically(saver: tf.compat.v1.train.Saver, sess: tf.compat.v1.Session,
