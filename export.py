@@ -34,10 +34,14 @@ def write_inference_meta_graph(config: model_config.ModelConfig, meta_path: str)
 
 def save_inference_model(sess: tf.compat.v1.Session, saver: tf.compat.v1.train.Saver,
                          config: model_config.ModelConfig, path: str) -> str:
-    """Saves ``saver``'s variables (model + global_step) as inference checkpoint ``path``."""
-    write_inference_meta_graph(config, path + ".meta")
-    return checkpoint_utils.save_atomically(saver, sess, path, write_meta_graph=False,
-                                            record_in_state=False)
+    """Saves ``saver``'s variables (model + global_step) as inference checkpoint ``path``.
+
+    The meta graph is written with the data, so a replaced model is the old
+    one or the new one as a whole (checkpoint_utils' replacement rule).
+    """
+    return checkpoint_utils.save_atomically(
+        saver, sess, path, record_in_state=False,
+        write_meta=lambda meta_path: write_inference_meta_graph(config, meta_path))
 
 
 @contextlib.contextmanager

@@ -335,6 +335,7 @@ def train() -> None:
             logging.info("--start_new_model: removing %s", train_dir)
             tf.io.gfile.rmtree(train_dir)
         checkpoint_utils.check_writable(train_dir, "train_dir", is_directory=True)
+        checkpoint_utils.repair_checkpoints(train_dir)  # a save cut short by kill -9
         model_config.check_or_write(train_dir, config)
     logging.info("Training on %d files: %s%s", len(files), ", ".join(files[:3]),
                  " ..." if len(files) > 3 else "")
