@@ -259,7 +259,7 @@ def run_tool(main: Callable[[], None]) -> None:
         except UsageError as e:
             exit_with_message(str(e))
         except tf.errors.OpError as e:
-            exit_with_message(f"{type(e).__name__}: {describe_error(e)}")
+            exit_with_message(disk_full_message(e) or f"{type(e).__name__}: {describe_error(e)}")
 
     app.run(wrapped, flags_parser=parse_flags)
 
