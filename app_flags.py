@@ -148,8 +148,9 @@ _define("integer", "eval_interval_secs", 60,
 # --- Inference -------------------------------------------------------------------
 _define("string", "input_model_tgz", "",
         "A .tgz holding the inference model files and model_flags.json.", (INFERENCE,))
-_define("string", "untar_model_dir", "/tmp/yt8m-model",
-        "Where --input_model_tgz is unpacked.", (INFERENCE,))
+_define("string", "untar_model_dir", "",
+        "Where --input_model_tgz is unpacked (kept). Default: a fresh private temporary "
+        "folder, removed at exit (2018: the shared /tmp/yt8m-model).", (INFERENCE,))
 _define("string", "inference_model_file", "inference_model",
         "Name of the inference checkpoint in train_dir.", (INFERENCE,))
 _define("string", "output_file", "", "Submission CSV to write.", (INFERENCE,))

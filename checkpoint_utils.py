@@ -6,17 +6,36 @@ names.  Only training saves are recorded in the ``checkpoint`` state file, so
 resuming never picks up an inference checkpoint; and ``latest_checkpoint``
 ignores that file altogether and looks at the ``model.ckpt-N.index`` files.
 
+Replacing a checkpoint.  A checkpoint is several files (``NAME.index``,
+``NAME.meta``, ``NAME.data-*``), so no single rename replaces it.  The rule,
+for a write of ``DIR/NAME`` with a fresh 32-hex ``T``:
+
+1. the Saver writes the new files as ``DIR/.tmp-T-NAME.*``;
+2. the old ``NAME.*`` move aside to ``.old-T-NAME.*``, the index first;
+3. the commit: ``.tmp-T-NAME.index`` is renamed ``.new-T-NAME.index``;
+4. the new data and meta move to ``NAME.*``, then the index, last;
+5. the old files are deleted.
+
+So ``NAME.index`` exists only when ``NAME`` is complete.  After a kill -9 at
+any moment, the next write of ``NAME`` (every writer calls
+:func:`repair_checkpoint` first; train.py also at its start, for its whole
+series) finishes the new checkpoint when ``.new-T-NAME.index`` exists, else
+moves ``.old-T-NAME`` back, and deletes the rest of the temporary files:
+``NAME`` loads as the old or the new checkpoint.  Two processes writing the
+same name at once is not supported.
+
 All paths go through ``tf.io.gfile``: local, ``gs://`` and ``ram://`` work.
 """
 import posixpath
 import re
 import uuid
-from typing import Any, Collection, Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
-from errors import UsageError
+from errors import UsageError, disk_full_message
 
 gfile = tf.io.gfile
 
@@ -33,6 +52,11 @@ _BETA_POWER = re.compile(r"(^|/)beta[12]_power(_\d+)?$")
 _MEMBER = re.compile(r"^tower/model(\d+)/(.*)$")
 _STEP_SUFFIX = re.compile(r"-(\d+)$")
 _FILE_SUFFIX = re.compile(r"\.(index|meta|data-\d+-of-\d+)$")
+# The replacement rule's temporary files (module docstring): kind, token, base,
+# suffix (with the .tempstate* / .tmp* of a file still being written).
+_TEMP_KINDS = ("tmp", "old", "new")
+_TEMP_FILE = re.compile(r"\.(tmp|old|new)-([0-9a-f]{32})-(.+)"
+                        r"(\.(?:index|meta|data-\d+-of-\d+)(?:\.tempstate\d+|\.tmp-?[0-9a-f]*)?)")
 
 
 def _join(directory: str, name: str) -> str:
@@ -221,23 +245,36 @@ def read_tensor(reader: Any, name: str, path: str) -> np.ndarray:
 
 
 def describe_error(error: Exception) -> str:
-    """The first line of an error's message (TF messages run on for pages)."""
-    text = getattr(error, "message", None) or str(error)
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    """One line of an error's message: TF messages run on for pages.
+
+    A full disk says so and names the file; for a "Graph execution error:"
+    the cause is the line before the failing node's ``[[{{node ...}}]]``.
+    """
+    full = disk_full_message(error)
+    if full:
+        return full
+    lines = [line.strip() for line in (getattr(error, "message", None) or str(error)).splitlines()
+             if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if lines[0] == "Graph execution error:":
+        causes = [lines[i - 1] for i in range(1, len(lines)) if lines[i].startswith("[[")]
+        return causes[0] if causes else lines[-1]
+    return lines[0]
 
 
 def save_atomically(saver: tf.compat.v1.train.Saver, sess: tf.compat.v1.Session,
                     save_path: str, global_step: Any = None, write_meta_graph: bool = True,
-                    record_in_state: bool = False) -> str:
-    """Saves to ``save_path`` (``-<global_step>`` appended) without half-written files.
+                    record_in_state: bool = False,
+                    write_meta: Callable[[str], None] | None = None) -> str:
+    """Saves to ``save_path`` (``-<global_step>`` appended) by the replacement rule.
 
-    The Saver writes under a hidden temporary prefix in the same directory;
-    the files are then renamed data shards -> meta -> index, the index last, so
-    the final name never has an index without its data.  A previous
-    checkpoint of the same name loses its index first (never an old index over
-    new data).  ``record_in_state`` (training saves only) records every kept
-    checkpoint of this series in the directory's ``checkpoint`` state file.
-    Returns the final checkpoint prefix.
+    See the module docstring: the final name holds the old checkpoint or the
+    new one, never a mix, whenever the process dies.  ``write_meta`` writes
+    the meta graph to the path it is given, instead of the Saver's.
+    ``record_in_state`` (training saves only) records every kept checkpoint of
+    this series in the directory's ``checkpoint`` state file.  Returns the
+    final checkpoint prefix.
     """
     if global_step is not None and not isinstance(global_step, (int, np.integer)):
         global_step = tf.compat.v1.train.global_step(sess, global_step)
@@ -245,13 +282,18 @@ def save_atomically(saver: tf.compat.v1.train.Saver, sess: tf.compat.v1.Session,
     directory, base = _split(final)
     if directory:
         gfile.makedirs(directory)
-    temp = _join(directory, f".tmp-{uuid.uuid4().hex}-{base}")
+    repair_checkpoint(final)
+    token = uuid.uuid4().hex
+    temp = _temp_prefix(directory, "tmp", token, base)
     try:
-        saver.save(sess, temp, write_meta_graph=write_meta_graph, write_state=False)
-        _move_checkpoint(temp, final)
-    finally:
-        for leftover in gfile.glob(temp + ".*"):
-            gfile.remove(leftover)
+        saver.save(sess, temp, write_meta_graph=write_meta_graph and write_meta is None,
+                   write_state=False)
+        if write_meta:
+            write_meta(temp + ".meta")
+        _install(directory, base, token)
+    except BaseException:
+        _repair_after_failure(final)
+        raise
     if record_in_state:
         kept = [path for _, path in list_checkpoints(save_path)]
         tf.compat.v1.train.update_checkpoint_state(
@@ -259,22 +301,101 @@ def save_atomically(saver: tf.compat.v1.train.Saver, sess: tf.compat.v1.Session,
     return final
 
 
-def _move_checkpoint(temp: str, final: str) -> None:
-    """Renames the files of checkpoint ``temp`` to ``final``, index last."""
-    old_shards = set(gfile.glob(final + ".data-*"))
-    if gfile.exists(final + ".index"):
-        gfile.remove(final + ".index")
-    new_files = gfile.glob(temp + ".data-*")
-    if gfile.exists(temp + ".meta"):
-        new_files.append(temp + ".meta")
-    new_files.append(temp + ".index")
-    renamed = set()
-    for source in new_files:
-        target = final + source[len(temp):]
-        gfile.rename(source, target, overwrite=True)
-        renamed.add(target)
-    for stale in old_shards - renamed:
-        gfile.remove(stale)
+def repair_checkpoint(path: str) -> None:
+    """Finishes or undoes an interrupted write of checkpoint ``path``; removes its temporary files.
+
+    Forward to the new checkpoint once its index was committed, else back to
+    the old one (see the module docstring).  Only for a writer of ``path``,
+    before it writes: never while another process writes ``path``.
+    """
+    directory, base = _split(path)
+    tokens = _temp_files(directory).get(base, {})
+    if not checkpoint_exists(path):
+        committed = [t for t, names in tokens.items() if ("new", ".index") in names]
+        moved_aside = [t for t, names in tokens.items() if ("old", ".index") in names]
+        if committed:
+            _roll_forward(directory, base, committed[0])
+            logging.warning("Finished the interrupted write of checkpoint %s", path)
+        elif moved_aside:
+            _move(_temp_prefix(directory, "old", moved_aside[0], base), path, index_last=True)
+            logging.warning("Restored checkpoint %s after an interrupted write", path)
+    for token in tokens:
+        _remove_temp_files(directory, base, token)
+
+
+def repair_checkpoints(directory: str, basename: str = TRAIN_BASENAME) -> None:
+    """:func:`repair_checkpoint` for each ``<basename>-N`` with temporary files in ``directory``."""
+    series = re.compile(re.escape(basename) + r"-\d+")
+    for base in _temp_files(directory):
+        if series.fullmatch(base):
+            repair_checkpoint(_join(directory, base))
+
+
+def _temp_prefix(directory: str, kind: str, token: str, base: str) -> str:
+    return _join(directory, f".{kind}-{token}-{base}")
+
+
+def _temp_files(directory: str) -> Dict[str, Dict[str, set]]:
+    """base -> token -> {(kind, suffix)} of the replacement rule's files in ``directory``."""
+    found: Dict[str, Dict[str, set]] = {}
+    for kind in _TEMP_KINDS:
+        for path in gfile.glob(_join(directory, f".{kind}-*")):
+            match = _TEMP_FILE.fullmatch(_split(path)[1])
+            if match:
+                kind_found, token, base, suffix = match.groups()
+                found.setdefault(base, {}).setdefault(token, set()).add((kind_found, suffix))
+    return found
+
+
+def _checkpoint_files(prefix: str) -> List[str]:
+    """The index, meta and data files of checkpoint ``prefix``: no other name."""
+    return [path for path in gfile.glob(prefix + ".*")
+            if _FILE_SUFFIX.fullmatch(path[len(prefix):])]
+
+
+def _move(source: str, target: str, index_last: bool) -> None:
+    """Renames the files of checkpoint ``source`` to ``target``, the index first or last."""
+    files = _checkpoint_files(source)
+    index = [path for path in files if path.endswith(".index")]
+    others = [path for path in files if not path.endswith(".index")]
+    for path in others + index if index_last else index + others:
+        gfile.rename(path, target + path[len(source):], overwrite=True)
+
+
+def _install(directory: str, base: str, token: str) -> None:
+    """Replaces checkpoint ``base`` by the complete ``.tmp-<token>-<base>``."""
+    final = _join(directory, base)
+    _move(final, _temp_prefix(directory, "old", token, base), index_last=False)
+    gfile.rename(_temp_prefix(directory, "tmp", token, base) + ".index",
+                 _temp_prefix(directory, "new", token, base) + ".index")
+    _roll_forward(directory, base, token)
+
+
+def _roll_forward(directory: str, base: str, token: str) -> None:
+    """Moves the committed new checkpoint of ``token`` in (index last), then drops the old."""
+    final = _join(directory, base)
+    _move(_temp_prefix(directory, "tmp", token, base), final, index_last=True)
+    gfile.rename(_temp_prefix(directory, "new", token, base) + ".index", final + ".index",
+                 overwrite=True)
+    _remove_temp_files(directory, base, token)
+
+
+def _remove_temp_files(directory: str, base: str, token: str) -> None:
+    for kind in _TEMP_KINDS:
+        for path in gfile.glob(_temp_prefix(directory, kind, token, base) + "*"):
+            if gfile.isdir(path):
+                gfile.rmtree(path)
+            else:
+                gfile.remove(path)
+
+
+def _repair_after_failure(path: str) -> None:
+    """A failed save: the old checkpoint back, no temporary files; the error is the caller's."""
+    try:
+        repair_checkpoint(path)
+    except Exception as e:  # the file system failing: the next write of path repairs
+        logging.warning("Could not clean up after the failed write of %s: %s", path,
+                        describe_error(e))
 
 
 def check_writable(path: str, flag: str, is_directory: bool = False) -> None:

@@ -12,11 +12,14 @@ import tensorflow as tf
 from absl import app, flags
 
 import readers
-from errors import UsageError, exit_with_message
+from errors import UsageError, disk_full_message, exit_with_message
 
 
 def describe_op_error(error: tf.errors.OpError) -> str:
     """The useful first part of a TensorFlow runtime error, on one line."""
+    full = disk_full_message(error)
+    if full:
+        return full
     data_message = readers.data_error_message(error)
     if data_message:
         return data_message

@@ -8,6 +8,7 @@ The model is RUN/<--inference_model_file>.meta (written by eval.py) restored
 from the same name; the records are fed straight into its ``input_batch_raw``
 and ``num_frames`` tensors, and only each video's top-k leaves the graph.
 """
+import contextlib
 import io
 import os
 import tarfile
@@ -56,18 +57,14 @@ def unpack_model_tgz(tgz_path: str, target_dir: str) -> List[str]:
     return names
 
 
-def locate_model() -> tuple:
-    """(model_dir, checkpoint name) from --train_dir or --input_model_tgz."""
+def locate_model(untar_dir: str) -> tuple:
+    """(model_dir, checkpoint name) from --train_dir, or --input_model_tgz unpacked in untar_dir."""
     train_dir = app_flags.value("train_dir")
     tgz = app_flags.value("input_model_tgz")
     name = app_flags.value("inference_model_file")
-    if tgz and train_dir:
-        raise UsageError("give either --train_dir or --input_model_tgz, not both")
-    if not (tgz or train_dir):
-        raise UsageError("give --train_dir or --input_model_tgz")
     model_dir = train_dir
     if tgz:
-        model_dir = app_flags.value("untar_model_dir")
+        model_dir = untar_dir
         packed = unpack_model_tgz(tgz, model_dir)
         metas = [n for n in packed if n.endswith(".meta")]
         if name + ".meta" not in packed and len(metas) == 1:
@@ -87,6 +84,14 @@ def locate_model() -> tuple:
         raise UsageError(f"{source} holds no model files {name}.meta/.index "
                          "(run eval.py first, or set --inference_model_file)")
     return model_dir, name
+
+
+def _check_model_flags() -> None:
+    tgz, train_dir = app_flags.value("input_model_tgz"), app_flags.value("train_dir")
+    if tgz and train_dir:
+        raise UsageError("give either --train_dir or --input_model_tgz, not both")
+    if not (tgz or train_dir):
+        raise UsageError("give --train_dir or --input_model_tgz")
 
 
 def _collection_tensor_name(meta: meta_graph_pb2.MetaGraphDef, key: str) -> str:
@@ -111,7 +116,21 @@ def run_inference() -> None:
     checkpoint_utils.check_writable(output_file, "output_file")
     if app_flags.value("output_model_tgz"):
         checkpoint_utils.check_writable(app_flags.value("output_model_tgz"), "output_model_tgz")
-    model_dir, name = locate_model()
+    _check_model_flags()
+    untar_dir = app_flags.value("untar_model_dir")
+    with contextlib.ExitStack() as stack:
+        if app_flags.value("input_model_tgz") and not untar_dir:
+            untar_dir = stack.enter_context(export.private_temp_dir("tgz"))
+        model_dir, name = locate_model(untar_dir)
+        write_predictions(model_dir, name, output_file, batch_size, top_k)
+        if app_flags.value("output_model_tgz"):
+            export.write_model_tgz(model_dir, name, app_flags.value("output_model_tgz"))
+            logging.info("Wrote the model to %s", app_flags.value("output_model_tgz"))
+
+
+def write_predictions(model_dir: str, name: str, output_file: str, batch_size: int,
+                      top_k: int) -> None:
+    """Runs model ``model_dir/name`` over --input_data_pattern into the CSV ``output_file``."""
     stored = model_config.read_json(model_dir)
     if stored is None:
         raise UsageError(f"{model_config.json_path(model_dir)} not found: the model's "
@@ -162,9 +181,6 @@ def run_inference() -> None:
             tf.io.gfile.remove(tmp)
     logging.info("Wrote %d videos to %s (%.1f videos/sec).", count, output_file,
                  count / max(time.time() - start, 1e-9))
-    if app_flags.value("output_model_tgz"):
-        export.write_model_tgz(model_dir, name, app_flags.value("output_model_tgz"))
-        logging.info("Wrote the model to %s", app_flags.value("output_model_tgz"))
 
 
 def main() -> None:

@@ -189,7 +189,7 @@ def _main(argv: List[str]) -> None:
         errors.exit_with_message(str(error))
     except tf.errors.OpError as error:
         errors.exit_with_message(f"cannot write --output_dir={values.output_dir}: "
-                                 f"{error.message}")
+                                 f"{errors.disk_full_message(error) or error.message}")
 
 
 def _define_flags() -> None:

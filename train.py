@@ -351,6 +351,7 @@ def train() -> None:
     with run_lock.RunLock(train_dir):
         if app_flags.value("start_new_model"):
             _clear(train_dir)
+        checkpoint_utils.repair_checkpoints(train_dir)  # a save cut short by kill -9
         model_config.write_json(train_dir, config, training)
         _run(tg, task, train_dir, resume_checkpoint(train_dir, app_flags.value("checkpoint_file")),
              stop)
