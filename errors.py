@@ -27,3 +27,10 @@ def parse_flags(argv: List[str]) -> List[str]:
         return flags.FLAGS(argv)
     except flags.Error as e:
         exit_with_message(f"{e} (--helpfull lists the flags)")
+
+
+def require_positive(value: int, flag_name: str) -> None:
+    """A count flag such as --top_k must be >= 1: checked before any work, since a bad
+    value would otherwise fail (or write empty rows) only after the model has run."""
+    if value is None or value < 1:
+        raise UsageError(f"--{flag_name}={value} must be a positive integer")

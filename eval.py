@@ -25,7 +25,7 @@ import input_pipeline
 import model_config
 import model_graph
 import readers
-from errors import UsageError
+from errors import UsageError, require_positive
 
 
 @dataclass
@@ -191,6 +191,7 @@ def _wait_and_evaluate(sess, eg, config, train_dir: str, writer) -> None:
 
 
 def main() -> None:
+    require_positive(app_flags.value("top_k"), "top_k")
     evaluate()
 
 

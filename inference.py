@@ -27,7 +27,7 @@ import input_pipeline
 import model_config
 import model_graph
 import readers
-from errors import UsageError
+from errors import UsageError, require_positive
 
 CSV_HEADER = "VideoId,LabelConfidencePairs\n"
 
@@ -161,6 +161,7 @@ def run_inference() -> None:
 
 
 def main() -> None:
+    require_positive(app_flags.value("top_k"), "top_k")
     run_inference()
 
 

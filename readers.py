@@ -27,6 +27,9 @@ _CHUNK = 64
 # Videos named in one error message.
 _MAX_NAMED = 5
 _ID_KEYS = ("id", "video_id")
+_GZIP_MAGIC = b"\x1f\x8b\x08"
+# A gzip trailer holds the uncompressed size modulo 2**32.
+_GZIP_SIZE_MODULUS = 2**32
 
 
 def data_error_message(error: Exception) -> str | None:
@@ -329,18 +332,60 @@ def resolve_data_files(pattern: str, exclude_pattern: str = "",
     return sorted(files)
 
 
-def _file_size(file_name: tf.Tensor) -> int:
-    return tf.io.gfile.stat(file_name.numpy().decode("utf-8")).length
+def _masked_crc32c(data: bytes) -> int:
+    """TFRecord's masked CRC-32C (Castagnoli) of a few bytes."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
+    crc ^= 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def is_gzip(header: bytes) -> bool:
+    """Whether a file that starts with ``header`` (its first 12 bytes) is gzip-compressed.
+
+    gzip files start with 1f 8b 08.  A TFRecord file starts with a record
+    length and its masked CRC, so one whose length happens to begin with those
+    bytes is still told apart by its valid CRC.
+    """
+    if not header.startswith(_GZIP_MAGIC):
+        return False
+    return len(header) < 12 or (
+        int.from_bytes(header[8:12], "little") != _masked_crc32c(header[:8]))
+
+
+def _file_layout(file_name: tf.Tensor) -> Tuple[str, int, bool]:
+    """(compression_type, bytes of records expected, gzipped) of a TFRecord file.
+
+    Plain files: their size.  gzip files: the uncompressed size from the gzip
+    trailer (modulo 2**32), read without decompressing.
+    """
+    path = file_name.numpy().decode("utf-8")
+    size = tf.io.gfile.stat(path).length
+    with tf.io.gfile.GFile(path, "rb") as f:
+        if not is_gzip(f.read(12)):
+            return "", size, False
+        f.seek(max(size - 4, 0))
+        return "GZIP", int.from_bytes(f.read(4), "little"), True
 
 
 def _file_records(file_name: tf.Tensor, skip_corrupt_records: bool) -> tf.data.Dataset:
     """(record, file name) pairs of one file, checked for corrupt or truncated data.
 
+    gzip-compressed files (told by their header) are decompressed on the fly.
     TFRecordDataset's own error does not name the file, so errors are ignored
-    and the bytes read are compared with the file size once the file ends:
-    a difference fails naming the file, or is logged and skipped.
+    and the bytes read are compared with the file size (gzip: the uncompressed
+    size in its trailer) once the file ends: a difference fails naming the
+    file, or is logged and skipped.
     """
-    chunks = tf.data.TFRecordDataset(file_name).ignore_errors().batch(_CHUNK)
+    compression, expected, gzipped = tf.py_function(
+        _file_layout, [file_name], [tf.string, tf.int64, tf.bool])
+    compression.set_shape([])
+    kind = tf.where(gzipped, "gzip-compressed ", "")
+    chunks = tf.data.TFRecordDataset(file_name, compression_type=compression).ignore_errors()
+    chunks = chunks.batch(_CHUNK)
     marked = tf.data.Dataset.zip((chunks, tf.data.Dataset.from_tensors(False).repeat()))
     marked = marked.concatenate(tf.data.Dataset.from_tensors((tf.constant([], tf.string), True)))
 
@@ -349,24 +394,25 @@ def _file_records(file_name: tf.Tensor, skip_corrupt_records: bool) -> tf.data.D
         records, at_end = chunk
         offset += tf.reduce_sum(tf.cast(tf.strings.length(records), tf.int64) + _RECORD_OVERHEAD)
         kept += tf.size(records, out_type=tf.int64)
-        size = tf.cond(at_end, lambda: tf.py_function(_file_size, [file_name], tf.int64),
-                       lambda: offset)
+        read = tf.where(gzipped, tf.math.floormod(offset, _GZIP_SIZE_MODULUS), offset)
+        size = tf.where(at_end, expected, read)
         problem = tf.strings.join([
-            "corrupt or truncated TFRecord file ", file_name, ": read ",
-            tf.strings.as_string(offset), " of ", tf.strings.as_string(size), " bytes"])
+            "corrupt or truncated ", kind, "TFRecord file ", file_name, ": read ",
+            tf.strings.as_string(read), " of ", tf.strings.as_string(size), " bytes",
+            tf.where(gzipped, " (uncompressed)", "")])
         if skip_corrupt_records:
             def warn():
                 # PrintV2 prints the string as is (tf.print would quote it).
                 with tf.control_dependencies([tf.raw_ops.PrintV2(
                         input=tf.strings.join([
                             "WARNING: skipped the rest of a ", problem, " (",
-                            tf.strings.as_string(size - offset), " bytes skipped, ",
+                            tf.strings.as_string(size - read), " bytes skipped, ",
                             tf.strings.as_string(kept), " records before them kept)"]),
                         output_stream="stderr")]):
                     return tf.constant(False)
-            report = tf.cond(tf.equal(offset, size), lambda: tf.constant(True), warn)
+            report = tf.cond(tf.equal(read, size), lambda: tf.constant(True), warn)
         else:
-            report = tf.debugging.Assert(tf.equal(offset, size), [tf.strings.join(
+            report = tf.debugging.Assert(tf.equal(read, size), [tf.strings.join(
                 [DATA_ERROR, problem, " (--skip_corrupt_records skips it)"])])
         with tf.control_dependencies([report]):
             return (tf.identity(offset), kept), (records, tf.fill(tf.shape(records), file_name))
