@@ -184,11 +184,16 @@ class YT8MAggregatedFeatureReader(_BaseReader):
             features[name] = tf.io.RaggedFeature(tf.float32)
         parsed = tf.io.parse_example(serialized, features)
         video_ids = _video_ids(parsed)
-        checks = _checks(self._record_conditions(serialized, video_ids) + [
-            (tf.equal(parsed[name].row_lengths(), size),
-             f"feature {name} missing or not of size {size} (--feature_sizes)")
-            for name, size in zip(self.feature_names, self.feature_sizes, strict=True)],
-            video_ids, file_names)
+        batch = tf.shape(video_ids, out_type=tf.int64)[0]
+        sizes = [(tf.equal(parsed[name].row_lengths(), size),
+                  f"feature {name} missing or not of size {size} (--feature_sizes)")
+                 for name, size in zip(self.feature_names, self.feature_sizes, strict=True)]
+        # A NaN or Inf would only show as NaN predictions or loss, far from its cause.
+        finite = [(_all_in_rows(tf.math.is_finite(parsed[name].flat_values),
+                                parsed[name].value_rowids(), batch),
+                   f"feature {name} has NaN or Inf values") for name in self.feature_names]
+        checks = _checks(self._record_conditions(serialized, video_ids) + sizes + finite,
+                         video_ids, file_names)
         with tf.control_dependencies(checks):
             video_matrix = tf.concat(
                 [tf.reshape(parsed[name].flat_values, [-1, size])
@@ -330,6 +335,13 @@ def resolve_data_files(pattern: str, exclude_pattern: str = "",
             raise UsageError(f"--{exclude_flag_name}={exclude_pattern!r} excludes every file "
                              f"of --{flag_name}={pattern!r}")
     return sorted(files)
+
+
+def no_records_message(files: Sequence[str], flag_name: str) -> str:
+    """Why a pass over ``files`` that yielded nothing is an error (e.g. only empty shards)."""
+    shown = ", ".join(files[:_MAX_NAMED]) + (" ..." if len(files) > _MAX_NAMED else "")
+    return (f"--{flag_name}: its {len(files)} file(s) hold no records ({shown}): "
+            "nothing to train on")
 
 
 def _masked_crc32c(data: bytes) -> int:

@@ -19,7 +19,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import tensorflow as tf
 from absl import logging
@@ -353,7 +353,7 @@ def train() -> None:
         schedule = None
         if task.is_chief:
             schedule = CheckpointSchedule(int(sess.run(tg.global_step)) if checkpoint else None)
-        steps_run, step = _train_loop(sess, tg, train_dir, schedule, stop)
+        steps_run, step = _train_loop(sess, tg, train_dir, schedule, stop, files)
         if schedule:
             step = _finish_as_chief(sess, tg, train_dir, schedule, stop, task)
             if stop.requested:
@@ -404,10 +404,11 @@ def _diverged(what: str, train_dir: str) -> UsageError:
 
 
 def _train_loop(sess, tg: TrainGraph, train_dir: str, schedule: CheckpointSchedule | None,
-                stop: _StopRequest) -> Tuple[int, int]:
+                stop: _StopRequest, files: Sequence[str] = ()) -> Tuple[int, int]:
     """Trains until --max_steps, the end of the data or SIGTERM: (steps run here, global step).
 
-    Only the chief (with a ``schedule``) writes checkpoints and summaries.
+    Only the chief (with a ``schedule``) writes checkpoints and summaries.  Data
+    that ends before the first step (``files`` hold no records) is an error.
     """
     max_steps = app_flags.value("max_steps")
     writer = tf.compat.v1.summary.FileWriter(train_dir) if schedule else None
@@ -423,6 +424,9 @@ def _train_loop(sess, tg: TrainGraph, train_dir: str, schedule: CheckpointSchedu
             try:
                 values = sess.run(fetches)
             except tf.errors.OutOfRangeError:
+                if steps_run == 0:
+                    raise UsageError(readers.no_records_message(
+                        files, "train_data_pattern")) from None
                 logging.info("Done: %d epochs of training data read.",
                              app_flags.value("num_epochs"))
                 break

@@ -147,6 +147,23 @@ def test_video_reader_wrong_size_names_feature_and_video(tmp_path):
     assert "feature mean_rgb " in message and "Sh0r" in message and "1024" in message
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_video_reader_non_finite_feature_names_it(tmp_path, value):
+    rng = np.random.default_rng(2)
+    audio = rng.uniform(-1, 1, 128)
+    audio[7] = value
+    path = str(tmp_path / "v.tfrecord")
+    write_examples(path, [{"id": "fine", "labels": [1], "mean_rgb": rng.uniform(-1, 1, 1024),
+                           "mean_audio": rng.uniform(-1, 1, 128)},
+                          {"id": "Bad3", "labels": [1], "mean_rgb": rng.uniform(-1, 1, 1024),
+                           "mean_audio": audio}])
+    reader = readers.YT8MAggregatedFeatureReader(10, ["mean_rgb", "mean_audio"], [1024, 128])
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        parse(reader, serialized(path))
+    message = readers.data_error_message(info.value)
+    assert "feature mean_audio has NaN or Inf values in 1 video(s), e.g. Bad3" in message
+
+
 def test_2017_video_id_key(tmp_path):
     rng = np.random.default_rng(3)
     frame_path, video_path = str(tmp_path / "f.tfrecord"), str(tmp_path / "v.tfrecord")
