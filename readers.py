@@ -93,9 +93,16 @@ def _id_condition(video_ids: tf.Tensor) -> Tuple[tf.Tensor, str]:
     return tf.strings.length(video_ids) > 0, "no id (or video_id) feature"
 
 
+# decode_proto names of a map of features: message, its map field, the map's entry.
+_FEATURES = ("tensorflow.Features", "feature", "tensorflow.Features.FeatureEntry")
+_FEATURE_LISTS = ("tensorflow.FeatureLists", "feature_list",
+                  "tensorflow.FeatureLists.FeatureListEntry")
+
+
 def _has_context_key(serialized: tf.Tensor, message_type: str, field: str,
-                     key: str) -> tf.Tensor:
-    """[B] bool: the records' `field` (a tf.train.Features) has an entry `key`.
+                     key: str, map_names: Tuple[str, str, str] = _FEATURES) -> tf.Tensor:
+    """[B] bool: the records' `field` (a tf.train.Features, or the map that
+    ``map_names`` describes) has an entry `key`.
 
     The parsing ops read a missing list feature as an empty one, so the keys
     are read from the protos themselves (only the small context is copied).
@@ -103,12 +110,24 @@ def _has_context_key(serialized: tf.Tensor, message_type: str, field: str,
     def decode(protos, message, name):  # [N, max count]; absent values are ""
         return tf.io.decode_proto(protos, message, [name], [tf.string])[1][0]
 
+    map_type, map_field, entry_type = map_names
     # reduce_join: a singular field comes as [N, 1], or [N, 0] if no proto has it.
     features = tf.strings.reduce_join(decode(serialized, message_type, field), axis=1)
-    entries = decode(features, "tensorflow.Features", "feature")
-    keys = tf.strings.reduce_join(decode(tf.reshape(entries, [-1]),
-                                         "tensorflow.Features.FeatureEntry", "key"), axis=1)
+    entries = decode(features, map_type, map_field)
+    keys = tf.strings.reduce_join(decode(tf.reshape(entries, [-1]), entry_type, "key"), axis=1)
     return tf.reduce_any(tf.equal(tf.reshape(keys, tf.shape(entries)), key), axis=1)
+
+
+def _has_feature_list(serialized: tf.Tensor, name: str, empty: tf.Tensor) -> tf.Tensor:
+    """[B] bool: the feature list `name` is in the record, looked up only for the
+    ``empty`` ones (a list with frames is there; those without are small to read)."""
+    def look_up():
+        rows = tf.where(empty)
+        present = _has_context_key(tf.gather_nd(serialized, rows), "tensorflow.SequenceExample",
+                                   "feature_lists", name, _FEATURE_LISTS)
+        return tf.tensor_scatter_nd_update(tf.ones_like(empty), rows, present)
+
+    return tf.cond(tf.reduce_any(empty), look_up, lambda: tf.ones_like(empty))
 
 
 class _BaseReader:
@@ -214,13 +233,24 @@ class YT8MFrameFeatureReader(_BaseReader):
 
     def __init__(self, num_classes: int = 3862, feature_names: Sequence[str] = ("rgb",),
                  feature_sizes: Sequence[int] = (1024,), max_frames: int = 300,
-                 require_labels: bool = False) -> None:
+                 require_labels: bool = False, allow_no_frames: bool = False) -> None:
+        """``allow_no_frames`` (inference): a video whose feature lists are present but
+        empty is read with num_frames 0 and an all-zero matrix instead of failing."""
         super().__init__(num_classes, feature_names, feature_sizes, require_labels)
         if max_frames < 1:
             raise UsageError(f"--max_frames={max_frames} must be positive")
         self.max_frames = max_frames
+        self.allow_no_frames = allow_no_frames
 
-    def _frame_conditions(self, name: str, size: int, values: tf.RaggedTensor,
+    def _has_frames(self, serialized: tf.Tensor, name: str,
+                    count: tf.Tensor) -> Tuple[tf.Tensor, str]:
+        """The condition on the number of frames of feature `name`, and its failure."""
+        if not self.allow_no_frames:
+            return count > 0, f"feature {name} missing or without frames"
+        return _has_feature_list(serialized, name, tf.equal(count, 0)), f"feature {name} missing"
+
+    def _frame_conditions(self, serialized: tf.Tensor, name: str, size: int,
+                          values: tf.RaggedTensor,
                           num_frames: tf.Tensor) -> List[Tuple[tf.Tensor, str]]:
         """Feature `name` has `num_frames` frames, each one string of `size` bytes."""
         count, frame_rows = values.row_lengths(), values.value_rowids()
@@ -229,7 +259,7 @@ class YT8MFrameFeatureReader(_BaseReader):
         right_size = _all_in_rows(tf.equal(tf.strings.length(strings.flat_values), size),
                                   tf.gather(frame_rows, strings.value_rowids()), batch)
         return [
-            (count > 0, f"feature {name} missing or without frames"),
+            self._has_frames(serialized, name, count),
             (tf.equal(count, num_frames),
              f"feature {name} has another number of frames than {self.feature_names[0]}"),
             (tf.logical_and(one_string, right_size),
@@ -258,7 +288,7 @@ class YT8MFrameFeatureReader(_BaseReader):
         for name, size in zip(self.feature_names, self.feature_sizes, strict=True):
             # [B, frames, strings]; truncated first so dropped frames cost nothing.
             values = self._truncated(sequences[name])
-            conditions += self._frame_conditions(name, size, values, num_frames)
+            conditions += self._frame_conditions(serialized, name, size, values, num_frames)
             decoded.append(values.flat_values)
         with tf.control_dependencies(_checks(conditions, video_ids, file_names)):
             quantized = tf.concat(
@@ -280,10 +310,13 @@ Reader = YT8MAggregatedFeatureReader | YT8MFrameFeatureReader
 
 def get_reader(frame_features: bool, feature_names: str | Sequence[str],
                feature_sizes: str | Sequence[int], num_classes: int,
-               max_frames: int = 300, require_labels: bool = False) -> Reader:
+               max_frames: int = 300, require_labels: bool = False,
+               allow_no_frames: bool = False) -> Reader:
     """The reader for the flags; names/sizes may be the comma-separated flag strings.
 
     ``require_labels`` (train, eval): a record without a `labels` key is an error.
+    ``allow_no_frames`` (inference): frame-level videos with empty feature lists
+    are read (num_frames 0) rather than refused.
     """
     if isinstance(feature_names, str) or isinstance(feature_sizes, str):
         feature_names, feature_sizes = app_flags.parse_feature_flags(
@@ -292,7 +325,7 @@ def get_reader(frame_features: bool, feature_names: str | Sequence[str],
             else ",".join(map(str, feature_sizes)))
     if frame_features:
         return YT8MFrameFeatureReader(num_classes, feature_names, feature_sizes, max_frames,
-                                      require_labels)
+                                      require_labels, allow_no_frames)
     return YT8MAggregatedFeatureReader(num_classes, feature_names, feature_sizes,
                                        require_labels)
 
@@ -437,7 +470,7 @@ def build_dataset(reader: Reader, files: Sequence[str], batch_size: int, *, shuf
                   num_epochs: int | None, num_readers: int,
                   skip_corrupt_records: bool = False,
                   seed: int | None = None) -> tf.data.Dataset:
-    """Batches of parsed videos (the reader's dict) from `files`.
+    """Batches of parsed videos (the reader's dict, plus each video's "file_names") from `files`.
 
     Without `shuffle` the order is deterministic: files in the given order,
     interleaved record by record across `num_readers` files.  With it, the
@@ -458,6 +491,7 @@ def build_dataset(reader: Reader, files: Sequence[str], batch_size: int, *, shuf
     if shuffle:
         dataset = dataset.shuffle(4 * batch_size, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size).map(
-        reader.prepare_serialized_examples, num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=not shuffle)
+        lambda records, names: {**reader.prepare_serialized_examples(records, names),
+                                "file_names": names},
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
     return dataset.prefetch(tf.data.AUTOTUNE)
