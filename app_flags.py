@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 from absl import flags, logging
 
 import registry
-from errors import UsageError
+from errors import UsageError, require_positive
 from model_config import (
     SETTING_NAMES,
     TRAINING_FIELDS,
@@ -267,8 +267,7 @@ def runner_hooks(script: str) -> Tuple[Callable[[], None], Callable[[], None]]:
 def positive(name: str) -> int:
     """An integer flag that must be at least 1 (``--top_k``, ``--batch_size``, ...)."""
     number = value(name)
-    if number is None or number < 1:
-        raise UsageError(f"--{name}={number} must be at least 1")
+    require_positive(number, name)
     return number
 
 

@@ -5,6 +5,7 @@ of positives, which may include positives that never made it into the list (so
 a list that misses some of them cannot reach 1).  Lists are ranked by score,
 descending; equal scores keep their input order (a stable sort), so every
 result is deterministic.  The 2016 starter code shuffled ties at random instead.
+Its ``ap_at_n`` caps M at n; :func:`ap_at_n` keeps that, :func:`ap_at_n_uncapped` does not.
 """
 import numpy as np
 
@@ -58,15 +59,8 @@ def grouped_ranked_ap(groups: np.ndarray, relevant: np.ndarray,
                      where=num_positives > 0)
 
 
-def ap_at_n(predictions: np.ndarray, actuals: np.ndarray, n: int | None = 20,
-            total_num_positives: int | None = None) -> float:
-    """AP over the top ``n`` predictions (all of them when n is None).
-
-    ``actuals`` > 0 are positives.  M is ``total_num_positives`` when given (for
-    lists that miss some positives), else the positives in ``actuals``; the AP is
-    0 when M is 0.  Unlike the starter code's ap_at_n, M is not capped at n: the
-    same definition as GAP.
-    """
+def _ap_at_n(predictions, actuals, n: int | None, total_num_positives: int | None,
+             cap: bool) -> float:
     predictions = np.asarray(predictions)
     relevant = np.asarray(actuals) > 0
     if predictions.ndim != 1 or predictions.shape != relevant.shape:
@@ -74,14 +68,38 @@ def ap_at_n(predictions: np.ndarray, actuals: np.ndarray, n: int | None = 20,
                          f"shapes {predictions.shape} and {relevant.shape}")
     if n is not None and (not isinstance(n, (int, np.integer)) or n <= 0):
         raise ValueError(f"n must be a positive integer or None, got {n!r}")
-    num_listed = int(np.count_nonzero(relevant))
-    if total_num_positives is None:
-        total_num_positives = num_listed
-    elif total_num_positives < num_listed:
-        raise ValueError(f"total_num_positives={total_num_positives} is smaller than the "
-                         f"{num_listed} positives in actuals")
+    num_positives = int(np.count_nonzero(relevant))
+    if total_num_positives is not None:
+        if total_num_positives < num_positives:
+            raise ValueError(f"total_num_positives={total_num_positives} is smaller than the "
+                             f"{num_positives} positives in actuals")
+        num_positives = int(total_num_positives)
+    if cap and n is not None:
+        num_positives = min(num_positives, n)
     top = rank_order(predictions)[:n]
-    return ranked_ap(relevant[top], total_num_positives)
+    return ranked_ap(relevant[top], num_positives)
+
+
+def ap_at_n(predictions: np.ndarray, actuals: np.ndarray, n: int | None = 20,
+            total_num_positives: int | None = None) -> float:
+    """The starter code's AP@n: AP of the top ``n`` predictions with M capped at n.
+
+    ``actuals`` > 0 are positives; M = min(``total_num_positives`` (default: the
+    positives in ``actuals``), n), so a top-n list of n hits scores 1 however
+    many positives there are: the 2018 / starter semantics, kept under their
+    name.  n=None ranks the whole list, uncapped.  The AP is 0 when M is 0.
+    """
+    return _ap_at_n(predictions, actuals, n, total_num_positives, cap=True)
+
+
+def ap_at_n_uncapped(predictions: np.ndarray, actuals: np.ndarray, n: int | None = 20,
+                     total_num_positives: int | None = None) -> float:
+    """:func:`ap_at_n` with M not capped at n: GAP's definition for one list.
+
+    A top-n list that misses positives scores below 1, whatever n is (so the
+    AP of a video's top-20 is comparable with the GAP that ranks it).
+    """
+    return _ap_at_n(predictions, actuals, n, total_num_positives, cap=False)
 
 
 def ap(predictions: np.ndarray, actuals: np.ndarray) -> float:

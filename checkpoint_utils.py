@@ -21,11 +21,14 @@ any moment, the next write of ``NAME`` (every writer calls
 :func:`repair_checkpoint` first; train.py also at its start, for its whole
 series) finishes the new checkpoint when ``.new-T-NAME.index`` exists, else
 moves ``.old-T-NAME`` back, and deletes the rest of the temporary files:
-``NAME`` loads as the old or the new checkpoint.  Two processes writing the
-same name at once is not supported.
+``NAME`` loads as the old or the new checkpoint.  ``T`` starts with the
+writer's pid, so a repair leaves alone the files of another live process of
+the same machine (two evaluations re-saving one checkpoint at once: the last
+to finish wins).
 
 All paths go through ``tf.io.gfile``: local, ``gs://`` and ``ram://`` work.
 """
+import os
 import posixpath
 import re
 import uuid
@@ -283,7 +286,7 @@ def save_atomically(saver: tf.compat.v1.train.Saver, sess: tf.compat.v1.Session,
     if directory:
         gfile.makedirs(directory)
     repair_checkpoint(final)
-    token = uuid.uuid4().hex
+    token = _new_token()
     temp = _temp_prefix(directory, "tmp", token, base)
     try:
         saver.save(sess, temp, write_meta_graph=write_meta_graph and write_meta is None,
@@ -301,6 +304,30 @@ def save_atomically(saver: tf.compat.v1.train.Saver, sess: tf.compat.v1.Session,
     return final
 
 
+def _new_token() -> str:
+    """32 hex digits: this process's pid, then random ones (see :func:`_live_writer`)."""
+    return f"{os.getpid() & 0xFFFFFFFF:08x}{uuid.uuid4().hex[:24]}"
+
+
+def _live_writer(directory: str, token: str) -> bool:
+    """True when ``token``'s files belong to another live process of this machine, which
+    is still writing them (two evaluations re-saving one checkpoint at once): a repair
+    must leave them alone.  Object stores (gs://) are shared between machines, where a
+    pid says nothing; there the rule stays one writer per name."""
+    if "://" in directory:
+        return False
+    pid = int(token[:8], 16)
+    if pid == os.getpid() or pid == 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def repair_checkpoint(path: str) -> None:
     """Finishes or undoes an interrupted write of checkpoint ``path``; removes its temporary files.
 
@@ -309,7 +336,8 @@ def repair_checkpoint(path: str) -> None:
     before it writes: never while another process writes ``path``.
     """
     directory, base = _split(path)
-    tokens = _temp_files(directory).get(base, {})
+    tokens = {token: names for token, names in _temp_files(directory).get(base, {}).items()
+              if not _live_writer(directory, token)}
     if not checkpoint_exists(path):
         committed = [t for t, names in tokens.items() if ("new", ".index") in names]
         moved_aside = [t for t, names in tokens.items() if ("old", ".index") in names]

@@ -50,3 +50,10 @@ def exit_with_message(message: str, code: int = 1) -> NoReturn:
     sys.stderr.write("ERROR: " + " ".join(str(message).split()) + "\n")
     sys.stderr.flush()
     sys.exit(code)
+
+
+def require_positive(value: int, flag_name: str) -> None:
+    """A count flag such as --top_k must be >= 1: checked before any work, since a bad
+    value would otherwise fail (or write empty rows) only after the model has run."""
+    if value is None or value < 1:
+        raise UsageError(f"--{flag_name}={value} must be a positive integer")

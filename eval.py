@@ -120,6 +120,15 @@ def resave(sess, eg: EvalGraph, config: ModelConfig, settings: EvalSettings, tra
     logging.info("Re-saved %s as %s (+ .meta)", checkpoint, path)
 
 
+def _evaluation_error(error: tf.errors.OpError, checkpoint: str) -> UsageError | None:
+    """Bad data or NaN predictions as one line naming the checkpoint (else None): the
+    cause is otherwise only in a TensorFlow log line, and eval may be one of many runs."""
+    message = readers.data_error_message(error)
+    if message is None and eval_util.NAN_PREDICTIONS in str(error):
+        message = f"the model's {eval_util.NAN_PREDICTIONS}: its weights are probably NaN or Inf"
+    return None if message is None else UsageError(f"{message} (evaluating {checkpoint})")
+
+
 def evaluate_checkpoint(sess, eg: EvalGraph, config: ModelConfig, settings: EvalSettings,
                         train_dir: str, checkpoint: str, writer) -> dict | None:
     """Restores, re-saves, and (unless --create_meta_only) runs one pass of metrics."""
@@ -139,6 +148,11 @@ def evaluate_checkpoint(sess, eg: EvalGraph, config: ModelConfig, settings: Eval
             top_k, loss = sess.run([eg.top_k, eg.loss])
         except tf.errors.OutOfRangeError:
             break
+        except tf.errors.OpError as e:
+            error = _evaluation_error(e, checkpoint)
+            if error is None:
+                raise
+            raise error from None
         metrics.accumulate_top_k(loss=loss, **top_k)
         examples += len(top_k["num_labels"])
         logging.log_every_n_seconds(logging.INFO, "evaluated %d videos, %.1f videos/sec", 10,

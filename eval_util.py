@@ -16,6 +16,9 @@ import tensorflow as tf
 
 import average_precision
 
+# The failure of graph_top_k's check (found in the TensorFlow error's text).
+NAN_PREDICTIONS = "predictions contain NaN"
+
 
 def _as_scores(predictions: np.ndarray) -> np.ndarray:
     """[B, C] float predictions; NaN would silently corrupt every ranking."""
@@ -157,7 +160,7 @@ def graph_top_k(predictions: tf.Tensor, labels: tf.Tensor, top_k: int) -> dict:
     num_classes = tf.shape(predictions)[1]
     depth = tf.minimum(num_classes, tf.maximum(top_k, tf.reduce_max(num_labels)))
     check = tf.debugging.Assert(tf.logical_not(tf.reduce_any(tf.math.is_nan(predictions))),
-                                ["predictions contain NaN"])
+                                [NAN_PREDICTIONS])
     with tf.control_dependencies([check]):
         scores, classes = tf.math.top_k(predictions, depth, sorted=True)
     return {"scores": scores, "classes": classes,

@@ -28,9 +28,8 @@ import input_pipeline
 import model_config
 import model_graph
 import readers
+import submission
 from errors import UsageError
-
-CSV_HEADER = "VideoId,LabelConfidencePairs\n"
 
 
 def unpack_model_tgz(tgz_path: str, target_dir: str) -> List[str]:
@@ -101,9 +100,22 @@ def _collection_tensor_name(meta: meta_graph_pb2.MetaGraphDef, key: str) -> str:
     return values[0]
 
 
-def format_line(video_id: bytes, classes, scores) -> str:
-    pairs = " ".join(f"{int(c)} {float(s):g}" for c, s in zip(classes, scores, strict=True))
-    return f"{video_id.decode('utf-8')},{pairs}\n"
+def model_num_frames(num_frames: tf.Tensor) -> tf.Tensor:
+    """The frame counts fed to the model: a video without frames is read as one all-zero
+    frame (its padding), which every model can score; the 2018 code scored such videos
+    from their zero padding too, and Kaggle needs a row for every test video."""
+    return tf.maximum(num_frames, 1)
+
+
+def batch_rows(batch: dict, duplicates: submission.DuplicateIds,
+               no_frames: submission.Tally) -> str:
+    """The CSV rows of one fetched batch, after its checks (see submission.py)."""
+    ids, files = batch["video_ids"], batch["file_names"]
+    submission.check_finite(batch["finite"], ids, files)
+    duplicates.add(ids, files)
+    no_frames.add(ids, batch["num_frames"] == 0)
+    return "".join(submission.csv_row(submission.decode_id(v, f), c, s) for v, f, c, s in zip(
+        ids, files, batch["classes"], batch["scores"], strict=True))
 
 
 def run_inference() -> None:
@@ -145,42 +157,51 @@ def write_predictions(model_dir: str, name: str, output_file: str, batch_size: i
         dataset = input_pipeline.dataset_for(
             config.data, files, batch_size, shuffle=False, num_epochs=1,
             num_readers=app_flags.positive("num_readers"),
-            skip_corrupt_records=app_flags.value("skip_corrupt_records"))
+            skip_corrupt_records=app_flags.value("skip_corrupt_records"), allow_no_frames=True)
         batch = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
         input_map = {
             _collection_tensor_name(meta, model_graph.INPUT_COLLECTION): batch["video_matrix"],
-            _collection_tensor_name(meta, model_graph.NUM_FRAMES_COLLECTION): batch["num_frames"],
+            _collection_tensor_name(meta, model_graph.NUM_FRAMES_COLLECTION):
+                model_num_frames(batch["num_frames"]),
         }
         saver = tf.compat.v1.train.import_meta_graph(meta, input_map=input_map,
                                                      clear_devices=True)
         predictions = tf.compat.v1.get_collection(model_graph.PREDICTIONS_COLLECTION)[0]
         top_k = min(top_k, config.num_classes)
         top_scores, top_classes = tf.nn.top_k(predictions, k=top_k)
+        fetches = {"video_ids": batch["video_ids"], "file_names": batch["file_names"],
+                   "num_frames": batch["num_frames"], "scores": top_scores,
+                   "classes": top_classes,
+                   "finite": tf.reduce_all(tf.math.is_finite(predictions), axis=1)}
     graph.finalize()
     tmp = f"{output_file}.tmp-{uuid.uuid4().hex}"
     start, count = time.time(), 0
+    duplicates, no_frames = submission.DuplicateIds(), submission.Tally()
     try:
         with tf.compat.v1.Session(graph=graph) as sess, tf.io.gfile.GFile(tmp, "w") as out:
             saver.restore(sess, os.path.join(model_dir, name))
-            out.write(CSV_HEADER)
+            out.write(submission.CSV_HEADER)
             while True:
                 try:
-                    ids, scores, classes = sess.run(
-                        [batch["video_ids"], top_scores, top_classes])
+                    values = sess.run(fetches)
                 except tf.errors.OutOfRangeError:
                     break
-                out.write("".join(format_line(v, c, s)
-                                  for v, c, s in zip(ids, classes, scores, strict=True)))
-                count += len(ids)
+                out.write(batch_rows(values, duplicates, no_frames))
+                count += len(values["video_ids"])
                 logging.log_every_n_seconds(
                     logging.INFO, "%d videos, %.1f videos/sec", 10, count,
                     count / max(time.time() - start, 1e-9))
+        duplicates.check("input_data_pattern")
         tf.io.gfile.rename(tmp, output_file, overwrite=True)
     finally:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.remove(tmp)
     logging.info("Wrote %d videos to %s (%.1f videos/sec).", count, output_file,
                  count / max(time.time() - start, 1e-9))
+    if no_frames.count:
+        logging.warning("%d video(s) have no frames (e.g. %s): their rows score one all-zero "
+                        "frame, as the 2018 code scored their zero padding.", no_frames.count,
+                        no_frames.example)
 
 
 def main() -> None:

@@ -27,6 +27,9 @@ _CHUNK = 64
 # Videos named in one error message.
 _MAX_NAMED = 5
 _ID_KEYS = ("id", "video_id")
+_GZIP_MAGIC = b"\x1f\x8b\x08"
+# A gzip trailer holds the uncompressed size modulo 2**32.
+_GZIP_SIZE_MODULUS = 2**32
 
 
 def data_error_message(error: Exception) -> str | None:
@@ -90,9 +93,16 @@ def _id_condition(video_ids: tf.Tensor) -> Tuple[tf.Tensor, str]:
     return tf.strings.length(video_ids) > 0, "no id (or video_id) feature"
 
 
+# decode_proto names of a map of features: message, its map field, the map's entry.
+_FEATURES = ("tensorflow.Features", "feature", "tensorflow.Features.FeatureEntry")
+_FEATURE_LISTS = ("tensorflow.FeatureLists", "feature_list",
+                  "tensorflow.FeatureLists.FeatureListEntry")
+
+
 def _has_context_key(serialized: tf.Tensor, message_type: str, field: str,
-                     key: str) -> tf.Tensor:
-    """[B] bool: the records' `field` (a tf.train.Features) has an entry `key`.
+                     key: str, map_names: Tuple[str, str, str] = _FEATURES) -> tf.Tensor:
+    """[B] bool: the records' `field` (a tf.train.Features, or the map that
+    ``map_names`` describes) has an entry `key`.
 
     The parsing ops read a missing list feature as an empty one, so the keys
     are read from the protos themselves (only the small context is copied).
@@ -100,12 +110,24 @@ def _has_context_key(serialized: tf.Tensor, message_type: str, field: str,
     def decode(protos, message, name):  # [N, max count]; absent values are ""
         return tf.io.decode_proto(protos, message, [name], [tf.string])[1][0]
 
+    map_type, map_field, entry_type = map_names
     # reduce_join: a singular field comes as [N, 1], or [N, 0] if no proto has it.
     features = tf.strings.reduce_join(decode(serialized, message_type, field), axis=1)
-    entries = decode(features, "tensorflow.Features", "feature")
-    keys = tf.strings.reduce_join(decode(tf.reshape(entries, [-1]),
-                                         "tensorflow.Features.FeatureEntry", "key"), axis=1)
+    entries = decode(features, map_type, map_field)
+    keys = tf.strings.reduce_join(decode(tf.reshape(entries, [-1]), entry_type, "key"), axis=1)
     return tf.reduce_any(tf.equal(tf.reshape(keys, tf.shape(entries)), key), axis=1)
+
+
+def _has_feature_list(serialized: tf.Tensor, name: str, empty: tf.Tensor) -> tf.Tensor:
+    """[B] bool: the feature list `name` is in the record, looked up only for the
+    ``empty`` ones (a list with frames is there; those without are small to read)."""
+    def look_up():
+        rows = tf.where(empty)
+        present = _has_context_key(tf.gather_nd(serialized, rows), "tensorflow.SequenceExample",
+                                   "feature_lists", name, _FEATURE_LISTS)
+        return tf.tensor_scatter_nd_update(tf.ones_like(empty), rows, present)
+
+    return tf.cond(tf.reduce_any(empty), look_up, lambda: tf.ones_like(empty))
 
 
 class _BaseReader:
@@ -181,11 +203,16 @@ class YT8MAggregatedFeatureReader(_BaseReader):
             features[name] = tf.io.RaggedFeature(tf.float32)
         parsed = tf.io.parse_example(serialized, features)
         video_ids = _video_ids(parsed)
-        checks = _checks(self._record_conditions(serialized, video_ids) + [
-            (tf.equal(parsed[name].row_lengths(), size),
-             f"feature {name} missing or not of size {size} (--feature_sizes)")
-            for name, size in zip(self.feature_names, self.feature_sizes, strict=True)],
-            video_ids, file_names)
+        batch = tf.shape(video_ids, out_type=tf.int64)[0]
+        sizes = [(tf.equal(parsed[name].row_lengths(), size),
+                  f"feature {name} missing or not of size {size} (--feature_sizes)")
+                 for name, size in zip(self.feature_names, self.feature_sizes, strict=True)]
+        # A NaN or Inf would only show as NaN predictions or loss, far from its cause.
+        finite = [(_all_in_rows(tf.math.is_finite(parsed[name].flat_values),
+                                parsed[name].value_rowids(), batch),
+                   f"feature {name} has NaN or Inf values") for name in self.feature_names]
+        checks = _checks(self._record_conditions(serialized, video_ids) + sizes + finite,
+                         video_ids, file_names)
         with tf.control_dependencies(checks):
             video_matrix = tf.concat(
                 [tf.reshape(parsed[name].flat_values, [-1, size])
@@ -206,13 +233,24 @@ class YT8MFrameFeatureReader(_BaseReader):
 
     def __init__(self, num_classes: int = 3862, feature_names: Sequence[str] = ("rgb",),
                  feature_sizes: Sequence[int] = (1024,), max_frames: int = 300,
-                 require_labels: bool = False) -> None:
+                 require_labels: bool = False, allow_no_frames: bool = False) -> None:
+        """``allow_no_frames`` (inference): a video whose feature lists are present but
+        empty is read with num_frames 0 and an all-zero matrix instead of failing."""
         super().__init__(num_classes, feature_names, feature_sizes, require_labels)
         if max_frames < 1:
             raise UsageError(f"--max_frames={max_frames} must be positive")
         self.max_frames = max_frames
+        self.allow_no_frames = allow_no_frames
 
-    def _frame_conditions(self, name: str, size: int, values: tf.RaggedTensor,
+    def _has_frames(self, serialized: tf.Tensor, name: str,
+                    count: tf.Tensor) -> Tuple[tf.Tensor, str]:
+        """The condition on the number of frames of feature `name`, and its failure."""
+        if not self.allow_no_frames:
+            return count > 0, f"feature {name} missing or without frames"
+        return _has_feature_list(serialized, name, tf.equal(count, 0)), f"feature {name} missing"
+
+    def _frame_conditions(self, serialized: tf.Tensor, name: str, size: int,
+                          values: tf.RaggedTensor,
                           num_frames: tf.Tensor) -> List[Tuple[tf.Tensor, str]]:
         """Feature `name` has `num_frames` frames, each one string of `size` bytes."""
         count, frame_rows = values.row_lengths(), values.value_rowids()
@@ -221,7 +259,7 @@ class YT8MFrameFeatureReader(_BaseReader):
         right_size = _all_in_rows(tf.equal(tf.strings.length(strings.flat_values), size),
                                   tf.gather(frame_rows, strings.value_rowids()), batch)
         return [
-            (count > 0, f"feature {name} missing or without frames"),
+            self._has_frames(serialized, name, count),
             (tf.equal(count, num_frames),
              f"feature {name} has another number of frames than {self.feature_names[0]}"),
             (tf.logical_and(one_string, right_size),
@@ -250,7 +288,7 @@ class YT8MFrameFeatureReader(_BaseReader):
         for name, size in zip(self.feature_names, self.feature_sizes, strict=True):
             # [B, frames, strings]; truncated first so dropped frames cost nothing.
             values = self._truncated(sequences[name])
-            conditions += self._frame_conditions(name, size, values, num_frames)
+            conditions += self._frame_conditions(serialized, name, size, values, num_frames)
             decoded.append(values.flat_values)
         with tf.control_dependencies(_checks(conditions, video_ids, file_names)):
             quantized = tf.concat(
@@ -272,10 +310,13 @@ Reader = YT8MAggregatedFeatureReader | YT8MFrameFeatureReader
 
 def get_reader(frame_features: bool, feature_names: str | Sequence[str],
                feature_sizes: str | Sequence[int], num_classes: int,
-               max_frames: int = 300, require_labels: bool = False) -> Reader:
+               max_frames: int = 300, require_labels: bool = False,
+               allow_no_frames: bool = False) -> Reader:
     """The reader for the flags; names/sizes may be the comma-separated flag strings.
 
     ``require_labels`` (train, eval): a record without a `labels` key is an error.
+    ``allow_no_frames`` (inference): frame-level videos with empty feature lists
+    are read (num_frames 0) rather than refused.
     """
     if isinstance(feature_names, str) or isinstance(feature_sizes, str):
         feature_names, feature_sizes = model_config.split_feature_lists(
@@ -284,7 +325,7 @@ def get_reader(frame_features: bool, feature_names: str | Sequence[str],
             else ",".join(map(str, feature_sizes)))
     if frame_features:
         return YT8MFrameFeatureReader(num_classes, feature_names, feature_sizes, max_frames,
-                                      require_labels)
+                                      require_labels, allow_no_frames)
     return YT8MAggregatedFeatureReader(num_classes, feature_names, feature_sizes,
                                        require_labels)
 
@@ -329,18 +370,67 @@ def resolve_data_files(pattern: str, exclude_pattern: str = "",
     return sorted(files)
 
 
-def _file_size(file_name: tf.Tensor) -> int:
-    return tf.io.gfile.stat(file_name.numpy().decode("utf-8")).length
+def no_records_message(files: Sequence[str], flag_name: str) -> str:
+    """Why a pass over ``files`` that yielded nothing is an error (e.g. only empty shards)."""
+    shown = ", ".join(files[:_MAX_NAMED]) + (" ..." if len(files) > _MAX_NAMED else "")
+    return (f"--{flag_name}: its {len(files)} file(s) hold no records ({shown}): "
+            "nothing to train on")
+
+
+def _masked_crc32c(data: bytes) -> int:
+    """TFRecord's masked CRC-32C (Castagnoli) of a few bytes."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
+    crc ^= 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def is_gzip(header: bytes) -> bool:
+    """Whether a file that starts with ``header`` (its first 12 bytes) is gzip-compressed.
+
+    gzip files start with 1f 8b 08.  A TFRecord file starts with a record
+    length and its masked CRC, so one whose length happens to begin with those
+    bytes is still told apart by its valid CRC.
+    """
+    if not header.startswith(_GZIP_MAGIC):
+        return False
+    return len(header) < 12 or (
+        int.from_bytes(header[8:12], "little") != _masked_crc32c(header[:8]))
+
+
+def _file_layout(file_name: tf.Tensor) -> Tuple[str, int, bool]:
+    """(compression_type, bytes of records expected, gzipped) of a TFRecord file.
+
+    Plain files: their size.  gzip files: the uncompressed size from the gzip
+    trailer (modulo 2**32), read without decompressing.
+    """
+    path = file_name.numpy().decode("utf-8")
+    size = tf.io.gfile.stat(path).length
+    with tf.io.gfile.GFile(path, "rb") as f:
+        if not is_gzip(f.read(12)):
+            return "", size, False
+        f.seek(max(size - 4, 0))
+        return "GZIP", int.from_bytes(f.read(4), "little"), True
 
 
 def _file_records(file_name: tf.Tensor, skip_corrupt_records: bool) -> tf.data.Dataset:
     """(record, file name) pairs of one file, checked for corrupt or truncated data.
 
+    gzip-compressed files (told by their header) are decompressed on the fly.
     TFRecordDataset's own error does not name the file, so errors are ignored
-    and the bytes read are compared with the file size once the file ends:
-    a difference fails naming the file, or is logged and skipped.
+    and the bytes read are compared with the file size (gzip: the uncompressed
+    size in its trailer) once the file ends: a difference fails naming the
+    file, or is logged and skipped.
     """
-    chunks = tf.data.TFRecordDataset(file_name).ignore_errors().batch(_CHUNK)
+    compression, expected, gzipped = tf.py_function(
+        _file_layout, [file_name], [tf.string, tf.int64, tf.bool])
+    compression.set_shape([])
+    kind = tf.where(gzipped, "gzip-compressed ", "")
+    chunks = tf.data.TFRecordDataset(file_name, compression_type=compression).ignore_errors()
+    chunks = chunks.batch(_CHUNK)
     marked = tf.data.Dataset.zip((chunks, tf.data.Dataset.from_tensors(False).repeat()))
     marked = marked.concatenate(tf.data.Dataset.from_tensors((tf.constant([], tf.string), True)))
 
@@ -349,24 +439,25 @@ def _file_records(file_name: tf.Tensor, skip_corrupt_records: bool) -> tf.data.D
         records, at_end = chunk
         offset += tf.reduce_sum(tf.cast(tf.strings.length(records), tf.int64) + _RECORD_OVERHEAD)
         kept += tf.size(records, out_type=tf.int64)
-        size = tf.cond(at_end, lambda: tf.py_function(_file_size, [file_name], tf.int64),
-                       lambda: offset)
+        read = tf.where(gzipped, tf.math.floormod(offset, _GZIP_SIZE_MODULUS), offset)
+        size = tf.where(at_end, expected, read)
         problem = tf.strings.join([
-            "corrupt or truncated TFRecord file ", file_name, ": read ",
-            tf.strings.as_string(offset), " of ", tf.strings.as_string(size), " bytes"])
+            "corrupt or truncated ", kind, "TFRecord file ", file_name, ": read ",
+            tf.strings.as_string(read), " of ", tf.strings.as_string(size), " bytes",
+            tf.where(gzipped, " (uncompressed)", "")])
         if skip_corrupt_records:
             def warn():
                 # PrintV2 prints the string as is (tf.print would quote it).
                 with tf.control_dependencies([tf.raw_ops.PrintV2(
                         input=tf.strings.join([
                             "WARNING: skipped the rest of a ", problem, " (",
-                            tf.strings.as_string(size - offset), " bytes skipped, ",
+                            tf.strings.as_string(size - read), " bytes skipped, ",
                             tf.strings.as_string(kept), " records before them kept)"]),
                         output_stream="stderr")]):
                     return tf.constant(False)
-            report = tf.cond(tf.equal(offset, size), lambda: tf.constant(True), warn)
+            report = tf.cond(tf.equal(read, size), lambda: tf.constant(True), warn)
         else:
-            report = tf.debugging.Assert(tf.equal(offset, size), [tf.strings.join(
+            report = tf.debugging.Assert(tf.equal(read, size), [tf.strings.join(
                 [DATA_ERROR, problem, " (--skip_corrupt_records skips it)"])])
         with tf.control_dependencies([report]):
             return (tf.identity(offset), kept), (records, tf.fill(tf.shape(records), file_name))
@@ -379,7 +470,7 @@ def build_dataset(reader: Reader, files: Sequence[str], batch_size: int, *, shuf
                   num_epochs: int | None, num_readers: int,
                   skip_corrupt_records: bool = False,
                   seed: int | None = None) -> tf.data.Dataset:
-    """Batches of parsed videos (the reader's dict) from `files`.
+    """Batches of parsed videos (the reader's dict, plus each video's "file_names") from `files`.
 
     Without `shuffle` the order is deterministic: files in the given order,
     interleaved record by record across `num_readers` files.  With it, the
@@ -400,6 +491,7 @@ def build_dataset(reader: Reader, files: Sequence[str], batch_size: int, *, shuf
     if shuffle:
         dataset = dataset.shuffle(4 * batch_size, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size).map(
-        reader.prepare_serialized_examples, num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=not shuffle)
+        lambda records, names: {**reader.prepare_serialized_examples(records, names),
+                                "file_names": names},
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -19,7 +19,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import tensorflow as tf
 from absl import logging
@@ -62,6 +62,7 @@ class TrainGraph:
     examples_per_step: int
     config: ModelConfig
     training: TrainingConfig
+    files: List[str]  # the training files, named when they hold no records
     weights_finite: tf.Tensor  # every float variable finite: checked before each save
     sync: cluster.SyncOps | None = None  # distributed training only
 
@@ -221,7 +222,7 @@ def build_training_graph(config: ModelConfig, training: TrainingConfig, files: L
                       learning_rate=learning_rate, predictions=tf.concat(tower_predictions, 0),
                       labels=labels, saver=saver, init_op=init_op,
                       sync_masters=sync_masters, examples_per_step=batch_size * len(devices),
-                      config=config, training=training,
+                      config=config, training=training, files=list(files),
                       weights_finite=weights_finite, sync=sync)
 
 
@@ -388,7 +389,7 @@ def _run(tg: TrainGraph, task: cluster.Task, train_dir: str, checkpoint: str | N
             schedule = CheckpointSchedule(int(sess.run(tg.global_step)) if checkpoint else None,
                                           training.export_model_steps,
                                           training.save_checkpoint_secs)
-        steps_run, step = _train_loop(sess, tg, train_dir, schedule, stop)
+        steps_run, step = _train_loop(sess, tg, train_dir, schedule, stop, tg.files)
         if schedule:
             step = _finish_as_chief(sess, tg, train_dir, schedule, stop, task)
             if stop.requested:
@@ -439,10 +440,11 @@ def _diverged(what: str, train_dir: str) -> UsageError:
 
 
 def _train_loop(sess, tg: TrainGraph, train_dir: str, schedule: CheckpointSchedule | None,
-                stop: _StopRequest) -> Tuple[int, int]:
+                stop: _StopRequest, files: Sequence[str] = ()) -> Tuple[int, int]:
     """Trains until --max_steps, the end of the data or SIGTERM: (steps run here, global step).
 
-    Only the chief (with a ``schedule``) writes checkpoints and summaries.
+    Only the chief (with a ``schedule``) writes checkpoints and summaries.  Data
+    that ends before the first step (``files`` hold no records) is an error.
     """
     max_steps = tg.training.max_steps
     # The pid in the name: two processes never append to one event file.
@@ -460,6 +462,9 @@ def _train_loop(sess, tg: TrainGraph, train_dir: str, schedule: CheckpointSchedu
             try:
                 values = sess.run(fetches)
             except tf.errors.OutOfRangeError:
+                if steps_run == 0:
+                    raise UsageError(readers.no_records_message(
+                        files, "train_data_pattern")) from None
                 logging.info("Done: %d epochs of training data read.", tg.training.num_epochs)
                 break
             previous_step, step, loss = step, int(values[0]), float(values[1])

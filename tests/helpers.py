@@ -63,8 +63,9 @@ def member_prefix(index: int) -> str:
 
 
 def _context(video: Mapping, id_key: str) -> Dict[str, tf.train.Feature]:
+    video_id = video["id"]  # str, or bytes as they are (e.g. not UTF-8)
     features = {id_key: tf.train.Feature(bytes_list=tf.train.BytesList(
-        value=[video["id"].encode()]))}
+        value=[video_id if isinstance(video_id, bytes) else video_id.encode()]))}
     if video.get("labels") is not None:
         features["labels"] = tf.train.Feature(int64_list=tf.train.Int64List(
             value=list(video["labels"])))
@@ -76,8 +77,9 @@ def _features(video: Mapping) -> Iterable:
 
 
 def write_sequence_examples(path: str, videos: Iterable[Mapping], id_key: str = "id") -> None:
-    """Frame-level records.  Each video: "id" (str), "labels" (ids; None leaves the key out)
-    and feature name -> uint8 array [frames, size] or a list of per-frame byte strings."""
+    """Frame-level records.  Each video: "id" (str, or bytes written as they are), "labels"
+    (ids; None leaves the key out) and feature name -> uint8 array [frames, size] or a list
+    of per-frame byte strings."""
     with tf.io.TFRecordWriter(path) as writer:
         for video in videos:
             example = tf.train.SequenceExample(

@@ -6,21 +6,34 @@ importing TensorFlow; so the selected cases are started together, a few at a
 time, when the first of them needs its result, and each test checks its own.
 Video-level data and LogisticModel keep the cases that reach the data fast.
 """
+import csv
 import glob
+import gzip
 import os
 import shutil
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import checkpoint_utils
-from helpers import LOGISTIC_FLAGS, NUM_CLASSES, run_script, write_examples
+from helpers import (
+    LOGISTIC_FLAGS,
+    NUM_CLASSES,
+    read_checkpoint,
+    run_script,
+    write_examples,
+    write_sequence_examples,
+)
 
 TRAIN_FLAGS = [*LOGISTIC_FLAGS, "--batch_size=8", "--num_readers=2", "--max_steps=20"]
+# The frame-level model of the cases on frame data (after TRAIN_FLAGS, whose values they replace).
+FRAME_FLAGS = ["--frame_features", "--feature_names=rgb,audio", "--feature_sizes=1024,128",
+               "--model=FrameLevelLogisticModel"]
 PARALLEL = 4
 
 
@@ -33,6 +46,7 @@ class Case:
     says: List[str]  # substrings of the last stderr line (after "ERROR: ")
     leaves_nothing: List[str] = field(default_factory=list)  # globs that must match nothing
     succeeds: bool = False  # a tolerated input: exit 0, `says` somewhere in stderr
+    check: Callable[[], None] | None = None  # then checks its output
 
 
 @dataclass
@@ -40,6 +54,7 @@ class Env:
     data: str  # sample data folder
     run: str  # trained LogisticModel run: model.ckpt-10/20, inference_model, model_flags.json
     tmp: str  # this case's own folder
+    frame_run: Callable[[], str] = str  # a trained FrameLevelLogisticModel run (made on demand)
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.tmp, *parts)
@@ -298,6 +313,203 @@ def avg_output_not_writable(env):
                 [f"--output_path={output}", "not writable"], [output + "*"])
 
 
+def _read_csv(path: str) -> List[List[str]]:
+    """The rows after the header, read with Python's csv module."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["VideoId", "LabelConfidencePairs"]
+    return rows[1:]
+
+
+def _pairs(text: str) -> tuple:
+    values = text.split(" ")
+    return [int(v) for v in values[0::2]], np.array([float(v) for v in values[1::2]])
+
+
+def _logistic_top(checkpoint: str, features: np.ndarray, k: int) -> tuple:
+    """numpy LogisticModel (SPEC 3, 4.2): top-k classes and scores of one video's features."""
+    weights = read_checkpoint(checkpoint)
+    x = np.asarray(features, np.float32).astype(np.float64)
+    x = x / max(np.linalg.norm(x), 1e-6)
+    scores = 1 / (1 + np.exp(-(x @ weights["tower/fully_connected/weights"]
+                               + weights["tower/fully_connected/biases"])))
+    top = np.argsort(-scores, kind="stable")[:k]
+    return top.tolist(), scores[top]
+
+
+HOSTILE_IDS = ["comma,id", 'quote"id', "new\nline", "carriage\rreturn", " spaced ", "ünï"]
+
+
+def hostile_ids(env):
+    """Ids that would break a hand-written CSV row: read back as they were, each with the
+    predictions of its own features."""
+    rng = np.random.default_rng(5)
+    videos = [_video(rng, i, id=video_id) for i, video_id in enumerate(HOSTILE_IDS)]
+    path, csv_path = env.path("hostile.tfrecord"), env.path("hostile.csv")
+    write_examples(path, videos)
+
+    def check():
+        rows = _read_csv(csv_path)
+        assert [row[0] for row in rows] == HOSTILE_IDS
+        for video, (_, pairs) in zip(videos, rows, strict=True):
+            classes, scores = _pairs(pairs)
+            features = np.concatenate([video["mean_rgb"], video["mean_audio"]])
+            want_classes, want_scores = _logistic_top(
+                os.path.join(env.run, "inference_model"), features, 5)
+            assert classes == want_classes
+            np.testing.assert_allclose(scores, want_scores, rtol=2e-5)
+
+    return Case("inference", [f"--train_dir={env.run}", f"--input_data_pattern={path}",
+                              f"--output_file={csv_path}", "--top_k=5"], ["Wrote 6 videos"],
+                succeeds=True, check=check)
+
+
+def non_utf8_id(env):
+    path = _records(env, "latin1.tfrecord", {"id": b"caf\xe9"})
+    case = _infer(env, f"--train_dir={env.run}", pattern=path)
+    case.says = [r"b'caf\xe9'", path, "not UTF-8"]
+    return case
+
+
+def nan_predictions(env):
+    """An inference model with one NaN bias: every video's predictions hold a NaN."""
+    run_dir = env.run_copy()
+    values = read_checkpoint(os.path.join(run_dir, "inference_model"))
+    del values[checkpoint_utils.GLOBAL_STEP]
+    values["tower/fully_connected/biases"][3] = np.nan
+    checkpoint_utils.write_checkpoint(values, os.path.join(run_dir, "nan_model"),
+                                      meta_graph_path=os.path.join(run_dir, "inference_model.meta"))
+    path = _records(env, "good.tfrecord")
+    case = _infer(env, f"--train_dir={run_dir}", "--inference_model_file=nan_model-0",
+                  pattern=path)
+    case.says = ["NaN or Inf", "4 video(s)", "'video0'", path]
+    return case
+
+
+def duplicate_ids(env):
+    test = f"{env.data}/video/test0000.tfrecord"
+    copy = env.path("test_copy.tfrecord")
+    shutil.copy(test, copy)
+    case = _infer(env, f"--train_dir={env.run}", pattern=f"{test},{copy}")
+    case.says = ["--input_data_pattern", "24 record(s) repeat an earlier video id", test, copy]
+    return case
+
+
+def _frame_videos(env, frame_counts: Sequence[int]) -> tuple:
+    """(path, videos): frame-level videos clip0, clip1, ... with the given numbers of frames."""
+    rng = np.random.default_rng(6)
+    videos = [{"id": f"clip{i}", "labels": [2],
+               "rgb": rng.integers(0, 256, (count, 1024), dtype=np.uint8),
+               "audio": rng.integers(0, 256, (count, 128), dtype=np.uint8)}
+              for i, count in enumerate(frame_counts)]
+    path = env.path("frames.tfrecord")
+    write_sequence_examples(path, videos)
+    return path, videos
+
+
+def zero_frame_videos_inference(env):
+    """Kaggle needs every id: 0-frame videos score one all-zero frame, with a warning."""
+    run_dir = env.frame_run()
+    path, _ = _frame_videos(env, [5, 0, 3, 0])
+    csv_path = env.path("zero_frames.csv")
+
+    def check():
+        rows = _read_csv(csv_path)
+        assert [row[0] for row in rows] == ["clip0", "clip1", "clip2", "clip3"]
+        # A zero mean frame leaves the biases alone: scores sigmoid(b), ranked.
+        biases = read_checkpoint(os.path.join(run_dir, "inference_model"))[
+            "tower/fully_connected/biases"].astype(np.float64)
+        want = np.argsort(-biases, kind="stable")[:5]
+        for row in (rows[1], rows[3]):
+            classes, scores = _pairs(row[1])
+            assert classes == want.tolist()
+            np.testing.assert_allclose(scores, 1 / (1 + np.exp(-biases[want])), rtol=2e-5)
+
+    return Case("inference", [f"--train_dir={run_dir}", f"--input_data_pattern={path}",
+                              f"--output_file={csv_path}", "--top_k=5"],
+                ["2 video(s) have no frames (e.g. clip1)"], succeeds=True, check=check)
+
+
+def zero_frame_videos_eval(env):
+    run_dir = env.path("frame_run")
+    shutil.copytree(env.frame_run(), run_dir)
+    path, _ = _frame_videos(env, [5, 0, 3, 0])
+    case = _eval(run_dir, f"--eval_data_pattern={path}")
+    case.says = ["feature rgb missing or without frames in 2 video(s), e.g. clip1, clip3", path,
+                 os.path.join(run_dir, "model.ckpt-10")]
+    return case
+
+
+def zero_frame_videos_train(env):
+    path, _ = _frame_videos(env, [5, 0, 3, 4])
+    case = _train(env, path, *FRAME_FLAGS, "--num_epochs=1")
+    case.says = ["feature rgb missing or without frames in 1 video(s), e.g. clip1", path]
+    return case
+
+
+def top_k_zero_inference(env):
+    case = _infer(env, f"--train_dir={env.run}", "--top_k=0")
+    case.says = ["--top_k=0", "positive"]
+    return case
+
+
+def top_k_negative_eval(env):
+    run_dir = env.run_copy()
+    case = _eval(run_dir, f"--eval_data_pattern={env.data}/video/validate*.tfrecord",
+                 "--checkpoint=model.ckpt-10", "--top_k=-1")
+    case.says = ["--top_k=-1", "positive"]
+    case.leaves_nothing = [os.path.join(run_dir, "inference_model_10*")]
+    return case
+
+
+def only_empty_shards(env):
+    for name in ("empty0.tfrecord", "empty1.tfrecord"):
+        open(env.path(name), "wb").close()
+    case = _train(env, env.path("empty*.tfrecord"))
+    case.says = ["--train_data_pattern", "2 file(s) hold no records", env.path("empty0.tfrecord")]
+    return case
+
+
+def _gzipped(env, source: str, cut: int = 0) -> str:
+    data = gzip.compress(open(source, "rb").read())
+    path = env.path("records.tfrecord.gz")
+    with open(path, "wb") as f:
+        f.write(data[:len(data) - cut])
+    return path
+
+
+def gzip_records(env):
+    test = f"{env.data}/video/test0000.tfrecord"
+    path, csv_path = _gzipped(env, test), env.path("from_gzip.csv")
+    plain = [tf.train.Example.FromString(record).features.feature["id"].bytes_list.value[0]
+             .decode() for record in tf.compat.v1.io.tf_record_iterator(test)]
+
+    def check():
+        assert [row[0] for row in _read_csv(csv_path)] == plain
+
+    return Case("inference", [f"--train_dir={env.run}", f"--input_data_pattern={path}",
+                              f"--output_file={csv_path}"], [f"Wrote {len(plain)} videos"],
+                succeeds=True, check=check)
+
+
+def truncated_gzip_records(env):
+    path = _gzipped(env, f"{env.data}/video/train0000.tfrecord", cut=40)
+    case = _train(env, path)
+    case.says = ["corrupt or truncated gzip-compressed TFRecord file", path]
+    return case
+
+
+def nan_features_eval(env):
+    features = np.random.default_rng(7).uniform(-1, 1, 1024)
+    features[9] = np.nan
+    path = _records(env, "nan.tfrecord", {"mean_rgb": features})
+    run_dir = env.run_copy()
+    case = _eval(run_dir, f"--eval_data_pattern={path}")
+    case.says = ["feature mean_rgb has NaN or Inf values", "video2", path,
+                 os.path.join(run_dir, "model.ckpt-20")]
+    return case
+
+
 CASES: Dict[str, Callable[[Env], Case]] = {f.__name__: f for f in (
     no_matching_files, corrupt_record, truncated_record, skip_corrupt_records, missing_id,
     missing_labels, inference_without_labels, missing_feature, wrong_feature_size,
@@ -305,7 +517,10 @@ CASES: Dict[str, Callable[[Env], Case]] = {f.__name__: f for f in (
     unknown_optimizer, unknown_flag, ensemble_flag_counts_disagree, missing_model_flags_json,
     model_flags_json_disagrees, missing_checkpoint, template_checkpoint_mismatch,
     tgz_without_model_files, csv_not_writable, tgz_not_writable, train_dir_not_writable,
-    avg_output_not_writable)}
+    avg_output_not_writable, hostile_ids, non_utf8_id, nan_predictions, duplicate_ids,
+    zero_frame_videos_inference, zero_frame_videos_eval, zero_frame_videos_train,
+    top_k_zero_inference, top_k_negative_eval, only_empty_shards, gzip_records,
+    truncated_gzip_records, nan_features_eval)}
 
 
 @pytest.fixture(scope="module")
@@ -322,13 +537,27 @@ def trained_run(sample_data, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
+def frame_run(sample_data, tmp_path_factory) -> str:
+    """A FrameLevelLogisticModel run with model.ckpt-10 and an inference_model."""
+    run_dir = str(tmp_path_factory.mktemp("bad_input_frame_run"))
+    result = run_script("train", f"--train_data_pattern={sample_data}/frame/train*.tfrecord",
+                        f"--train_dir={run_dir}", *TRAIN_FLAGS, *FRAME_FLAGS, "--max_steps=10")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script("eval", f"--train_dir={run_dir}", "--checkpoint=model.ckpt-10",
+                        "--create_meta_only", "--force_output_model_name")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
 def outcomes(request, sample_data, trained_run, tmp_path_factory):
     """(case, finished process) of every selected case, all run together."""
     selected = [item.callspec.params["name"] for item in request.session.items
                 if item.path == request.path and hasattr(item, "callspec")]
     cases = {}
     for name in selected:
-        env = Env(sample_data, trained_run, str(tmp_path_factory.mktemp(name)))
+        env = Env(sample_data, trained_run, str(tmp_path_factory.mktemp(name)),
+                  lambda: request.getfixturevalue("frame_run"))
         cases[name] = CASES[name](env)
     with ThreadPoolExecutor(PARALLEL) as pool:
         futures = {name: pool.submit(run_script, case.script, *case.args, timeout=300)
@@ -344,6 +573,8 @@ def test_bad_input(outcomes, name):
         assert result.returncode == 0, result.stderr[-3000:]
         for text in case.says:
             assert text in result.stderr
+        if case.check:
+            case.check()
         return
     assert result.returncode != 0
     last = result.stderr.rstrip("\n").splitlines()[-1]

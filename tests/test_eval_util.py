@@ -76,11 +76,30 @@ def test_ap_hand_computed():
     assert average_precision.ap(scores, labels) == pytest.approx(0.7143, abs=5e-5)
     # (1 + 1 + 3/6 + 4/7 + 5/10) / 5
     assert average_precision.ap(scores, labels) == pytest.approx((3 + 4 / 7) / 5, abs=1e-12)
-    # Top 6 only: hits at 1, 2, 6 over the same 5 positives.
+    # Top 6 only: hits at 1, 2, 6 over the same 5 positives (min(5, 6) = 5: no cap).
     assert average_precision.ap_at_n(scores, labels, n=6) == pytest.approx(2.5 / 5, abs=1e-12)
+    assert average_precision.ap_at_n_uncapped(scores, labels, n=6) == pytest.approx(2.5 / 5)
+    # Top 2: two hits; the starter's ap_at_n divides by min(5, 2), the uncapped one by 5.
+    assert average_precision.ap_at_n(scores, labels, n=2) == 1.0
+    assert average_precision.ap_at_n_uncapped(scores, labels, n=2) == pytest.approx(2 / 5)
     # A list that misses positives: M given explicitly.
     assert average_precision.ap_at_n(scores, labels, n=None, total_num_positives=10) == (
         pytest.approx((3 + 4 / 7) / 10, abs=1e-12))
+    assert average_precision.ap_at_n(scores, labels, n=3, total_num_positives=10) == (
+        pytest.approx(2 / 3, abs=1e-12))
+
+
+@pytest.mark.parametrize("scores, labels, want", [
+    ([.98, .88, .77, .65, .64, .59, .45, .43, .20, .05], [1, 1, 0, 0, 0, 1, 1, 0, 0, 1], .714),
+    ([.878, .832, .759, .621, .458, .285, .134], [1, 0, 1, 0, 0, 1, 0], .722),
+    ([.98], [1], 1.0),
+    ([.56], [0], 0.0),
+])
+def test_ap_at_n_matches_the_starter_test_data(scores, labels, want):
+    """The published expectations of the starter code's AP tests (3 decimals)."""
+    for n in (20, None, len(scores)):
+        assert round(average_precision.ap_at_n(scores, labels, n=n), 3) == want
+        assert round(average_precision.ap_at_n_uncapped(scores, labels, n=n), 3) == want
 
 
 def test_metrics_hand_computed():
@@ -119,18 +138,24 @@ def test_ap_at_n_random_against_reference():
         extra = int(rng.integers(0, 3))
         order = sorted(range(size), key=lambda i: (-scores[i], i))[:n]
         want = ref_ap([labels[i] for i in order], int(labels.sum()) + extra)
+        got = average_precision.ap_at_n_uncapped(scores, labels, n=n,
+                                                 total_num_positives=int(labels.sum()) + extra)
+        assert got == pytest.approx(want, abs=1e-12), trial
+        capped = ref_ap([labels[i] for i in order], min(int(labels.sum()) + extra, n))
         got = average_precision.ap_at_n(scores, labels, n=n,
                                         total_num_positives=int(labels.sum()) + extra)
-        assert got == pytest.approx(want, abs=1e-12), trial
+        assert got == pytest.approx(capped, abs=1e-12), trial
 
 
-def test_ap_at_n_rejects_bad_input():
+@pytest.mark.parametrize("function", [average_precision.ap_at_n,
+                                      average_precision.ap_at_n_uncapped])
+def test_ap_at_n_rejects_bad_input(function):
     with pytest.raises(ValueError):
-        average_precision.ap_at_n([0.1, 0.2], [1])
+        function([0.1, 0.2], [1])
     with pytest.raises(ValueError):
-        average_precision.ap_at_n([0.1, 0.2], [1, 0], n=0)
+        function([0.1, 0.2], [1, 0], n=0)
     with pytest.raises(ValueError):
-        average_precision.ap_at_n([0.1, 0.2], [1, 1], total_num_positives=1)
+        function([0.1, 0.2], [1, 1], total_num_positives=1)
 
 
 # ------------------------------------------------------------------ metrics

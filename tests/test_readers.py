@@ -1,4 +1,6 @@
 """readers.py against records written here, with numpy expectations."""
+import gzip
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -145,6 +147,23 @@ def test_video_reader_wrong_size_names_feature_and_video(tmp_path):
     assert "feature mean_rgb " in message and "Sh0r" in message and "1024" in message
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_video_reader_non_finite_feature_names_it(tmp_path, value):
+    rng = np.random.default_rng(2)
+    audio = rng.uniform(-1, 1, 128)
+    audio[7] = value
+    path = str(tmp_path / "v.tfrecord")
+    write_examples(path, [{"id": "fine", "labels": [1], "mean_rgb": rng.uniform(-1, 1, 1024),
+                           "mean_audio": rng.uniform(-1, 1, 128)},
+                          {"id": "Bad3", "labels": [1], "mean_rgb": rng.uniform(-1, 1, 1024),
+                           "mean_audio": audio}])
+    reader = readers.YT8MAggregatedFeatureReader(10, ["mean_rgb", "mean_audio"], [1024, 128])
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        parse(reader, serialized(path))
+    message = readers.data_error_message(info.value)
+    assert "feature mean_audio has NaN or Inf values in 1 video(s), e.g. Bad3" in message
+
+
 def test_2017_video_id_key(tmp_path):
     rng = np.random.default_rng(3)
     frame_path, video_path = str(tmp_path / "f.tfrecord"), str(tmp_path / "v.tfrecord")
@@ -273,6 +292,50 @@ def test_corrupt_record_in_the_middle_is_skipped(tmp_path):
         dataset_ids([path])
     _, ids = dataset_ids([path], skip_corrupt_records=True)
     assert set(ids) < {"f0_0", "f0_1", "f0_2", "f0_3"} and "f0_0" in ids
+
+
+def gzip_file(path, out):
+    """``out``: ``path`` compressed as the gzip tool does (one member, no name)."""
+    with open(path, "rb") as f, gzip.GzipFile(out, "wb", mtime=0) as g:
+        g.write(f.read())
+    return out
+
+
+def test_gzip_files_are_read_like_plain_ones(tmp_path):
+    plain = write_id_files(tmp_path, [5, 3])
+    _, want = dataset_ids(plain)
+    zipped = [gzip_file(plain[0], str(tmp_path / "f0.tfrecord.gz"))]
+    # TensorFlow's own gzip writer as well.
+    with tf.io.TFRecordWriter(str(tmp_path / "f1.gz"), options="GZIP") as writer:
+        for record in serialized(plain[1]):
+            writer.write(record)
+    zipped.append(str(tmp_path / "f1.gz"))
+    assert dataset_ids(zipped)[1] == want
+    assert dataset_ids([plain[0], zipped[1]])[1] == want
+
+
+def test_truncated_gzip_file_fails_naming_it_as_compressed(tmp_path, capfd):
+    (path,) = write_id_files(tmp_path, [30])
+    zipped = gzip_file(path, str(tmp_path / "f0.gz"))
+    truncate(zipped, 30)
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        dataset_ids([zipped])
+    message = readers.data_error_message(info.value)
+    assert f"corrupt or truncated gzip-compressed TFRecord file {zipped}" in message
+    capfd.readouterr()
+    _, ids = dataset_ids([zipped], skip_corrupt_records=True)
+    assert 0 < len(ids) < 30 and ids == [f"f0_{j}" for j in range(len(ids))]
+    assert f"gzip-compressed TFRecord file {zipped}" in capfd.readouterr().err
+
+
+def test_is_gzip_tells_a_tfrecord_that_starts_like_gzip(tmp_path):
+    path = str(tmp_path / "odd.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:  # length 0x088b1f: bytes 1f 8b 08 first
+        writer.write(b"x" * 0x088B1F)
+    header = open(path, "rb").read(12)
+    assert header.startswith(b"\x1f\x8b\x08") and not readers.is_gzip(header)
+    assert readers.is_gzip(gzip.compress(b"records")[:12])
+    assert not readers.is_gzip(open(write_id_files(tmp_path, [1])[0], "rb").read(12))
 
 
 def test_get_reader_and_bad_flags():
