@@ -40,13 +40,17 @@ TRAIN, EVAL, INFERENCE = "train", "eval", "inference"
 _ALL = (TRAIN, EVAL, INFERENCE)
 _TRAIN_EVAL = (TRAIN, EVAL)
 
-# flag name -> scripts that read it; filled by the _define helpers below.
+# flag name -> scripts that read it, and its --help group; filled by _define.
 _USERS: Dict[str, Tuple[str, ...]] = {}
+_GROUP: Dict[str, str] = {}
+HELP_GROUPS = ("data", "model", "training", "evaluation", "output")
+_group = "data"  # the group of the flags defined next
 
 
 def _define(kind: str, name: str, default: Any, help_text: str, users=_ALL, **kw) -> None:
     getattr(flags, "DEFINE_" + kind)(name, default, help_text, **kw)
     _USERS[name] = tuple(users)
+    _GROUP[name] = _group
 
 
 # --- Paths and data --------------------------------------------------------
@@ -78,6 +82,7 @@ _define("integer", "batch_size", _TRAINING.batch_size,
         "Examples per batch (per tower in training).")
 
 # --- Training ----------------------------------------------------------------
+_group = "training"
 _define("string", "checkpoint_file", "",
         "Checkpoint in train_dir to resume from (train) or evaluate (eval).", _TRAIN_EVAL)
 _define("string", "model", "NetVLADModelLF",
@@ -111,6 +116,10 @@ _define("bool", "log_device_placement", _TRAINING.log_device_placement,
         "Log where ops run.", (TRAIN,))
 _define("bool", "export_saved_model", _TRAINING.export_saved_model,
         "Also write a SavedModel under train_dir/export/step_N at each checkpoint.", (TRAIN,))
+_define("string", "saved_model_signature", _TRAINING.saved_model_signature,
+        "serving_default of the SavedModels: toolkit (serialized_examples -> video_ids, "
+        "classes, scores) or 2018 (example_bytes -> video_id, class_indexes, predictions); "
+        "both are exported.", (TRAIN,))
 _define("integer", "random_seed", _TRAINING.random_seed,
         "Graph-level random seed; None draws a fresh one.", (TRAIN,))
 
@@ -128,11 +137,13 @@ _define("integer", "inter_op_threads", _TRAINING.inter_op_threads,
         "Ops run at once; 0: one per core.", (TRAIN,))
 
 # --- Ensembles -------------------------------------------------------------------
+_group = "model"
 _define("integer", "ensemble_num", 1, "Number of models in one graph.")
 _define("multi_float", "ensemble_wts", [1.0],
         "Mixing weight per ensemble member (repeat the flag per member).")
 
 # --- Evaluation ----------------------------------------------------------------
+_group = "evaluation"
 _define("bool", "run_once", False, "Evaluate one checkpoint and stop.", (EVAL,))
 _define("integer", "top_k", 20, "Predictions per video kept for GAP and the CSV.",
         (EVAL, INFERENCE))
@@ -146,6 +157,7 @@ _define("integer", "eval_interval_secs", 60,
         "Seconds to sleep between looks for a new checkpoint.", (EVAL,))
 
 # --- Inference -------------------------------------------------------------------
+_group = "output"
 _define("string", "input_model_tgz", "",
         "A .tgz holding the inference model files and model_flags.json.", (INFERENCE,))
 _define("string", "untar_model_dir", "",
@@ -207,6 +219,8 @@ _KINDS = {bool: "bool", int: "integer", float: "float", str: "string"}
 
 
 def _define_settings() -> None:
+    global _group
+    _group = "model"
     for setting in dataclasses.fields(ModelSettings):
         kind = _KINDS[type(setting.default)]
         if setting.name in MEMBER_FLAGS:
@@ -220,6 +234,20 @@ _define_settings()
 _SCRIPT_DEFAULTS = {
     INFERENCE: {"train_dir": "", "batch_size": 512, "num_readers": 12},
 }
+# Help texts that differ per script.
+_SCRIPT_HELP = {
+    (INFERENCE, "batch_size"): "Videos per batch.",
+    (EVAL, "batch_size"): "Videos per batch.",
+    (INFERENCE, "train_dir"): "Run directory holding the inference model (eval.py's re-save) "
+                              "and model_flags.json.",
+    (EVAL, "train_dir"): "Run directory: its model_flags.json describes the model.",
+}
+# Flags that describe the model or its data: eval.py and inference.py read them from
+# model_flags.json, and check any given one against it.
+_MODEL_GROUP_NOTE = (
+    "The model and its data format come from TRAIN_DIR/model_flags.json. Every model flag "
+    "of train.py (--model, --iterations, --netvlad_cluster_size, --feature_names, ...) is "
+    "accepted and must agree with the file; --ensemble_wts may change the mixing weights.")
 
 
 def value(name: str) -> Any:
@@ -251,13 +279,42 @@ def log_unused_flags(script: str) -> None:
         logging.info("%s.py does not use these given flags: %s", script, ", ".join(unused))
 
 
+# What the model reads, though defined among the data and training flags.
+_GROUP.update({name: "model" for name in ("feature_names", "feature_sizes", "frame_features",
+                                          "num_classes", "max_frames", "model", "label_loss")})
+
+
+def _flag_help(script: str, flag: flags.Flag) -> str:
+    text = _SCRIPT_HELP.get((script, flag.name), flag.help)
+    default = flag.default_as_str if flag.default is not None else "none"
+    return f"  --{flag.name}: {text} (default: {default})"
+
+
+def help_text(script: str, doc: str) -> str:
+    """``script``'s --help: its docstring, then the flags it reads, by group."""
+    lines = [doc.strip(), ""]
+    for group in HELP_GROUPS:
+        names = [n for n in sorted(_USERS) if _GROUP[n] == group and script in _USERS[n]]
+        if script != TRAIN and group == "model":
+            names = ["ensemble_wts"] if script == EVAL else []
+            lines += ["model flags:", "  " + _MODEL_GROUP_NOTE]
+        elif names:
+            lines.append(f"{group} flags:")
+        lines += [_flag_help(script, FLAGS[name]) for name in names]
+        if names or group == "model":
+            lines.append("")
+    lines.append("--helpfull lists every flag, TensorFlow's and absl's included.")
+    return "\n".join(lines)
+
+
 def runner_hooks(script: str) -> Tuple[Callable[[], None], Callable[[], None]]:
-    """cli.run's (before_parse, after_parse) for ``script``: its defaults, --help listing
-    the flags it reads, and one log line naming given flags it ignores."""
+    """cli.run's (before_parse, after_parse) for ``script``: its defaults, a --help of the
+    flags it reads, and one log line naming given flags it ignores."""
     def before() -> None:
         set_script_defaults(script)
-        for flag in script_flags(script):  # so --help lists them, not only --helpfull
-            FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+        if any(arg in ("--help", "-h", "--helpshort", "-?") for arg in sys.argv[1:]):
+            print(help_text(script, sys.modules["__main__"].__doc__ or ""))
+            sys.exit(0)
 
     def after() -> None:
         log_unused_flags(script)

@@ -16,6 +16,8 @@ variable's own dtype); optimizer state and global_step are not carried over
 ``<output_path>-0`` with a meta graph; the ``checkpoint`` state file of its
 directory is left alone, so a later resume still picks a training checkpoint.
 """
+import quiet_startup  # noqa: F401  (first: before TensorFlow is imported)
+
 import posixpath
 import re
 from typing import Dict, List, Sequence, Tuple

@@ -25,6 +25,8 @@ average, an eval re-save; optimizer state is ignored) and
 default).  Every flag of train/eval/inference is accepted, so the ensemble's
 flag line can be pasted unchanged.
 """
+import quiet_startup  # noqa: F401  (first: before TensorFlow is imported)
+
 import posixpath
 from typing import Sequence
 

@@ -19,6 +19,8 @@ flags describe (the flags of train.py: --model, --ensemble_num, the repeated
 that model will have.  ``--checkpoint`` is the shared flag of eval.py, here a
 checkpoint path used verbatim (``.index`` may be added).
 """
+import quiet_startup  # noqa: F401  (first: before TensorFlow is imported)
+
 from typing import Any, Dict, Mapping, Sequence, Tuple
 
 import numpy as np

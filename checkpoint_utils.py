@@ -37,6 +37,7 @@ from typing import Any, Callable, Collection, Dict, Iterable, List, Mapping, Seq
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from google.protobuf import text_format
 
 from errors import UsageError, disk_full_message
 
@@ -299,9 +300,24 @@ def save_atomically(saver: tf.compat.v1.train.Saver, sess: tf.compat.v1.Session,
         raise
     if record_in_state:
         kept = [path for _, path in list_checkpoints(save_path)]
-        tf.compat.v1.train.update_checkpoint_state(
-            directory, final, all_model_checkpoint_paths=kept)
+        write_checkpoint_state(directory, final, kept)
     return final
+
+
+def write_checkpoint_state(directory: str, latest: str, kept: Sequence[str]) -> None:
+    """Writes ``directory/checkpoint`` (the state file 2018 tools and TensorBoard read)
+    under a temporary name, then renames it; what update_checkpoint_state wrote."""
+    state = tf.compat.v1.train.generate_checkpoint_state_proto(
+        directory, latest, all_model_checkpoint_paths=list(kept))
+    path = _join(directory, "checkpoint")
+    temp = f"{_join(directory, '.tmp-')}{uuid.uuid4().hex}-checkpoint"
+    try:
+        with gfile.GFile(temp, "w") as f:
+            f.write(text_format.MessageToString(state))
+        gfile.rename(temp, path, overwrite=True)
+    finally:
+        if gfile.exists(temp):
+            gfile.remove(temp)
 
 
 def _new_token() -> str:

@@ -5,6 +5,7 @@ contract: a problem the user can fix ends in one ``ERROR:`` line naming the
 flag, file or value and a non-zero exit, never in a traceback.  The runner
 defines no flags itself, so a tool accepts only the flags it defines.
 """
+import logging
 import re
 from typing import Callable, List
 
@@ -37,6 +38,17 @@ def _parse_flags(argv: List[str]) -> List[str]:
         exit_with_message(f"{e} (--helpfull lists the flags)")
 
 
+def _quiet_tensorflow_logger() -> None:
+    """TensorFlow's Python INFO lines ("Restoring parameters from ...", each printed twice:
+    by its own handler and by absl's) are hidden unless --verbosity is given; its
+    warnings are printed once."""
+    if flags.FLAGS["verbosity"].present:
+        return
+    tf_logger = tf.get_logger()
+    tf_logger.setLevel(logging.WARNING)
+    tf_logger.propagate = False
+
+
 def run(main: Callable[[], None], before_parse: Callable[[], None] | None = None,
         after_parse: Callable[[], None] | None = None) -> None:
     """Parses the flags and calls ``main``.
@@ -51,6 +63,7 @@ def run(main: Callable[[], None], before_parse: Callable[[], None] | None = None
         if len(argv) > 1:
             exit_with_message(f"unexpected arguments {' '.join(argv[1:])}: flags are --name=value")
         tf.compat.v1.disable_eager_execution()
+        _quiet_tensorflow_logger()
         try:
             if after_parse:
                 after_parse()

@@ -10,8 +10,11 @@ Right after the
 restore, the checkpoint is re-saved with its inference meta graph under the
 names the ensemble workflow expects (see checkpoint_utils.inference_name).
 """
+import quiet_startup  # noqa: F401  (first: before TensorFlow is imported)
+
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Dict, Set
@@ -175,10 +178,26 @@ def evaluate_checkpoint(sess, eg: EvalGraph, config: ModelConfig, settings: Eval
     summary = tf.compat.v1.Summary(value=[
         tf.compat.v1.Summary.Value(tag=f"eval/{k}", simple_value=record[k])
         for k in ("hit_at_one", "perr", "map", "gap", "loss")])
-    writer.add_summary(summary, step)
+    writer.add_summary(summary, summary_step(checkpoint, step, train_dir))
     writer.flush()
     print(json.dumps(record), flush=True)
     return record
+
+
+def summary_step(checkpoint: str, global_step: int, train_dir: str) -> int:
+    """The TensorBoard step of an evaluation: the checkpoint's global step; for an
+    averaged checkpoint (global step 0, not model.ckpt-0) the last step in its name
+    (``avg_c100h800_150010_220010.ckpt-0`` -> 220010); for an ensemble, the newest
+    training step of train_dir: its points do not all pile up at step 0."""
+    name = os.path.basename(checkpoint)
+    if global_step or name == f"{checkpoint_utils.TRAIN_BASENAME}-0":
+        return global_step
+    stem = checkpoint_utils.strip_checkpoint_suffix(name).rsplit("-", 1)[0]
+    steps = re.findall(r"(?<![ch\d])\d+", stem)  # not the c100/h800 of a model's sizes
+    if steps and "ensemble" not in stem:
+        return int(steps[-1])
+    latest = checkpoint_utils.latest_checkpoint(train_dir)
+    return checkpoint_utils.step_of(latest) if latest else 0
 
 
 def run_config(train_dir: str, wait: bool) -> ModelConfig:

@@ -8,6 +8,8 @@ The model is RUN/<--inference_model_file>.meta (written by eval.py) restored
 from the same name; the records are fed straight into its ``input_batch_raw``
 and ``num_frames`` tensors, and only each video's top-k leaves the graph.
 """
+import quiet_startup  # noqa: F401  (first: before TensorFlow is imported)
+
 import contextlib
 import io
 import os

@@ -14,6 +14,8 @@ labelled with, spread over every frame.  In the frame mean a short label and a
 distractor look alike; a frame-level model sees the difference.  Labels
 follow a long-tailed (Zipf-like) class distribution, about 3 per video.
 """
+import quiet_startup  # noqa: F401  (first: before TensorFlow is imported)
+
 import os
 from typing import List, Sequence, Tuple
 
@@ -185,6 +187,10 @@ def _main(argv: List[str]) -> None:
                           values.num_train_shards, values.num_validate_shards,
                           values.num_test_shards, values.min_video_frames,
                           values.max_video_frames, values.seed)
+        shards = values.num_train_shards + values.num_validate_shards + values.num_test_shards
+        print(f"Wrote {shards * values.videos_per_shard} videos ({values.num_classes} classes) "
+              f"in {shards} files each to {values.output_dir}/frame and {values.output_dir}/video "
+              f"(train, validate, test)", flush=True)
     except UsageError as error:
         errors.exit_with_message(str(error))
     except tf.errors.OpError as error:

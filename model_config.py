@@ -212,6 +212,7 @@ class TrainingConfig:
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     export_saved_model: bool = False
+    saved_model_signature: str = "toolkit"
     log_device_placement: bool = False
 
     def validate(self) -> None:
@@ -227,6 +228,7 @@ class TrainingConfig:
         _finite_at_least("regularization_penalty", self.regularization_penalty, 0.0)
         _finite_at_least("clip_gradient_norm", self.clip_gradient_norm, -math.inf)
         _one_of("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        _one_of("saved_model_signature", self.saved_model_signature, ("toolkit", "2018"))
 
 
 TRAINING_FIELDS = tuple(f.name for f in dataclasses.fields(TrainingConfig))

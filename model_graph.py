@@ -16,9 +16,14 @@ import registry
 from model_config import ModelConfig
 
 TOWER_SCOPE = "tower"
+# The collections of the 2018 meta graphs, which notebooks and tools read with
+# tf.get_collection: training and inference graphs carry all six.
 INPUT_COLLECTION = "input_batch_raw"
+NORMALIZED_INPUT_COLLECTION = "input_batch"
 NUM_FRAMES_COLLECTION = "num_frames"
 PREDICTIONS_COLLECTION = "predictions"
+LABELS_COLLECTION = "labels"
+LOSS_COLLECTION = "loss"
 
 
 def validate(config: ModelConfig) -> None:
@@ -49,6 +54,8 @@ class ModelOutputs:
     # Each ensemble member's own predictions, before the mixing weights
     # (search_ensemble_weights.py mixes them itself).
     member_predictions: List[tf.Tensor] = field(default_factory=list)
+    # The input as the models see it (L2-normalised per frame): 2018's input_batch.
+    model_input: tf.Tensor | None = None
 
 
 def member_scope(index: int) -> str:
@@ -98,7 +105,16 @@ def build_predictions(model_input_raw: tf.Tensor, num_frames: tf.Tensor, config:
         predictions=mixed,
         regularization_loss=reg,
         update_ops=_collection_added(tf.compat.v1.GraphKeys.UPDATE_OPS, upd_before),
-        member_predictions=member_predictions)
+        member_predictions=member_predictions, model_input=model_input)
+
+
+def add_2018_collections(raw: tf.Tensor, model_input: tf.Tensor, num_frames: tf.Tensor,
+                         predictions: tf.Tensor, labels: tf.Tensor, loss: tf.Tensor) -> None:
+    """The six collections of the 2018 meta graphs, one tensor each."""
+    for key, tensor in ((INPUT_COLLECTION, raw), (NORMALIZED_INPUT_COLLECTION, model_input),
+                        (NUM_FRAMES_COLLECTION, num_frames), (PREDICTIONS_COLLECTION, predictions),
+                        (LABELS_COLLECTION, labels), (LOSS_COLLECTION, loss)):
+        tf.compat.v1.add_to_collection(key, tensor)
 
 
 def input_shape(config: ModelConfig) -> Tuple:
@@ -118,8 +134,9 @@ def model_variables() -> List[tf.Variable]:
 def build_inference_graph(config: ModelConfig) -> tf.Graph:
     """A graph fed through placeholders, for the meta graph inference.py loads.
 
-    The collections ``input_batch_raw``, ``num_frames`` and ``predictions``
-    are the 2018 contract; no input pipeline is baked in.
+    It carries the 2018 collections (``input_batch_raw``, ``input_batch``,
+    ``num_frames``, ``predictions``, and ``labels``/``loss``, fed only by whoever
+    wants the loss); no input pipeline is baked in.
     """
     graph = tf.Graph()
     with graph.as_default():
@@ -128,7 +145,8 @@ def build_inference_graph(config: ModelConfig) -> tf.Graph:
         num_frames = tf.compat.v1.placeholder(tf.int32, [None], name="num_frames")
         outputs = build_predictions(raw, num_frames, config, is_training=False)
         predictions = tf.identity(outputs.predictions, name="predictions")
-        tf.compat.v1.add_to_collection(INPUT_COLLECTION, raw)
-        tf.compat.v1.add_to_collection(NUM_FRAMES_COLLECTION, num_frames)
-        tf.compat.v1.add_to_collection(PREDICTIONS_COLLECTION, predictions)
+        labels = tf.compat.v1.placeholder(tf.bool, [None, config.num_classes], name="labels")
+        loss = tf.identity(label_loss(registry.find_loss(config.label_loss), predictions,
+                                      tf.cast(labels, tf.float32)), name="loss")
+        add_2018_collections(raw, outputs.model_input, num_frames, predictions, labels, loss)
     return graph

@@ -13,6 +13,8 @@ template's dtype (float16 rounds to nearest).  The result is
 meta graph, so eval.py and inference.py load it like any inference model.
 The ``checkpoint`` state file is left alone.
 """
+import quiet_startup  # noqa: F401  (first: before TensorFlow is imported)
+
 import posixpath
 from typing import Sequence
 

@@ -26,6 +26,8 @@ more float32 videos x classes arrays while searching: fine for held-out sets of
 data and model flags are those of eval.py (--eval_data_pattern, --batch_size,
 --top_k, ...).
 """
+import quiet_startup  # noqa: F401  (first: before TensorFlow is imported)
+
 import json
 import time
 from dataclasses import dataclass

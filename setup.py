@@ -2,8 +2,8 @@
 
 Every script then runs as ``python -m youtube-8m.<script>``, which is how a
 cloud training job starts it: build the source distribution
-(``python setup.py sdist`` or ``python -m build --sdist``), copy
-``dist/yt8m-toolkit-*.tar.gz`` to Cloud Storage and pass it to
+(``python -m build --sdist``, which writes ``dist/yt8m_toolkit-0.1.0.tar.gz``), copy
+it to Cloud Storage and pass it to
 ``gcloud ai custom-jobs create --python-package-uris=...`` with
 ``python-module=youtube-8m.train`` (see cloudml-gpu.yaml).  The prebuilt
 TensorFlow containers already hold TensorFlow, numpy and absl-py.

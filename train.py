@@ -13,6 +13,8 @@ over N towers sharing the variables (kept on the CPU), whose gradients are
 averaged, weighted by their examples.  With TF_CONFIG the process is one task
 of a between-graph replicated cluster (see cluster.py).
 """
+import quiet_startup  # noqa: F401  (first: before TensorFlow is imported)
+
 import contextlib
 import math
 import os
@@ -183,6 +185,7 @@ def build_training_graph(config: ModelConfig, training: TrainingConfig, files: L
                      _split(batch["num_frames"], len(devices)),
                      _split(labels, len(devices)), strict=True)
         tower_grads, tower_weights, tower_losses, tower_predictions = [], [], [], []
+        tower_inputs = []
         for index, (device, (video, frames, tower_labels)) in enumerate(zip(devices, inputs,
                                                                              strict=True)):
             with _tower_scope(device):
@@ -204,12 +207,17 @@ def build_training_graph(config: ModelConfig, training: TrainingConfig, files: L
                 tower_weights.append(count / total)
                 tower_losses.append(label_loss * count / total)
                 tower_predictions.append(outputs.predictions)
+                tower_inputs.append(outputs.model_input)
         grads = _clip(_average_gradients(tower_grads, tower_weights),
                       training.clip_gradient_norm)
         apply_op, sync_masters = fp16_training.apply_gradients(optimizer, grads, global_step)
         train_op = tf.group(apply_op, *update_ops)
         with tf.control_dependencies([train_op]):
             step_after_train = global_step.read_value()
+        total_loss = tf.add_n(tower_losses)
+        predictions = tf.concat(tower_predictions, 0)
+        model_graph.add_2018_collections(batch["video_matrix"], tf.concat(tower_inputs, 0),
+                                         batch["num_frames"], predictions, labels, total_loss)
         saver = tf.compat.v1.train.Saver(max_to_keep=None, save_relative_paths=True)
         weights_finite = tf.reduce_all([
             tf.reduce_all(tf.math.is_finite(v)) for v in tf.compat.v1.global_variables()
@@ -218,8 +226,8 @@ def build_training_graph(config: ModelConfig, training: TrainingConfig, files: L
         init_op = tf.group(tf.compat.v1.global_variables_initializer(),
                            tf.compat.v1.local_variables_initializer())
     return TrainGraph(graph=graph, global_step=global_step, step_after_train=step_after_train,
-                      train_op=train_op, label_loss=tf.add_n(tower_losses),
-                      learning_rate=learning_rate, predictions=tf.concat(tower_predictions, 0),
+                      train_op=train_op, label_loss=total_loss,
+                      learning_rate=learning_rate, predictions=predictions,
                       labels=labels, saver=saver, init_op=init_op,
                       sync_masters=sync_masters, examples_per_step=batch_size * len(devices),
                       config=config, training=training, files=list(files),
@@ -427,9 +435,20 @@ def _save(sess, tg: TrainGraph, train_dir: str, schedule: CheckpointSchedule) ->
     logging.info("Saved checkpoint %s", path)
     if tg.training.export_saved_model:
         export_dir = serving_export.export_saved_model(
-            path, tg.config, os.path.join(train_dir, "export", f"step_{step}"))
+            path, tg.config, os.path.join(train_dir, "export", f"step_{step}"),
+            default_signature=tg.training.saved_model_signature)
         logging.info("Exported the SavedModel %s", export_dir)
     return step
+
+
+def _steps_left(step: int, max_steps: int | None, steps_per_sec: float) -> str:
+    """`` / 500000, 2h05m left`` for the periodic log line when --max_steps is set."""
+    if not max_steps:
+        return ""
+    seconds = max(max_steps - step, 0) / max(steps_per_sec, 1e-9)
+    hours, rest = divmod(int(seconds), 3600)
+    left = f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+    return f" / {max_steps}, {left} left"
 
 
 def _diverged(what: str, train_dir: str) -> UsageError:
@@ -485,7 +504,8 @@ def _train_loop(sess, tg: TrainGraph, train_dir: str, schedule: CheckpointSchedu
                 logging.info(
                     "step %d | loss %.4f | %.1f examples/sec | Hit@1 %.3f PERR %.3f GAP %.3f "
                     "| lr %.3g%s", step, loss, speed, metrics["hit_at_one"], metrics["perr"],
-                    metrics["gap"], rate, f" / {max_steps}" if max_steps else "")
+                    metrics["gap"], rate,
+                    _steps_left(step, max_steps, speed / tg.examples_per_step))
                 if writer:
                     _summary(writer, step, {"loss": loss, "learning_rate": rate,
                                             "examples_per_second": speed,

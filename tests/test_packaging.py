@@ -66,12 +66,25 @@ def sdist(tmp_path_factory):
     root = tmp_path_factory.mktemp("sdist")
     source = root / "src"
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*NOT_SOURCES))
-    result = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir",
+    # The README's build command (python -m build --sdist), into a folder of the test's.
+    result = subprocess.run([sys.executable, "-m", "build", "--sdist", "--outdir",
                              str(root / "dist")], cwd=source, capture_output=True, text=True,
-                            timeout=120)
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     (tarball,) = glob.glob(str(root / "dist" / "*.tar.gz"))
     return tarball
+
+
+def test_every_mention_names_the_file_the_build_writes(sdist):
+    """README, setup.py and the job configs name the file `python -m build --sdist` wrote."""
+    name = os.path.basename(sdist)
+    for doc in ("README.md", "cloudml-gpu.yaml", "cloudml-distributed.yaml", "setup.py"):
+        with open(os.path.join(REPO, doc)) as f:
+            text = f.read()
+        mentioned = set(re.findall(r"yt8m[-_]toolkit-[\w.*]*\.tar\.gz", text))
+        assert mentioned and mentioned <= {name}, (doc, mentioned, name)
+    with open(os.path.join(REPO, "README.md")) as f:
+        assert "python -m build --sdist" in f.read()
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +155,7 @@ def test_cloud_job_configs(config):
     with open(os.path.join(REPO, "setup.py")) as f:
         version = re.search(r'version="([^"]+)"', f.read()).group(1)
     packages = re.findall(r"^\s*- (gs://\S+\.tar\.gz)", text, re.MULTILINE)
-    assert packages and all(p.endswith(f"/yt8m-toolkit-{version}.tar.gz") for p in packages)
+    assert packages and all(p.endswith(f"/yt8m_toolkit-{version}.tar.gz") for p in packages)
     # Every flag of the job is one train.py reads.
     flags = re.findall(r"^\s*- --(\w+)", text, re.MULTILINE)
     assert flags

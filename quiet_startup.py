@@ -1,0 +1,86 @@
+"""Keeps TensorFlow's start-up noise off stderr; imported by every script before TensorFlow.
+
+TensorFlow's C++ code logs through absl before anything initialises it, so
+TF_CPP_MIN_LOG_LEVEL no longer silences it: each process prints about a
+dozen INFO lines (oneDNN, cudart stub, ...) and, on a machine without an
+NVIDIA driver, a ``failed call to cuInit`` ERROR that says only that there is
+no GPU.  This module routes file descriptor 2 through a filter thread that
+drops exactly those lines and passes everything else on, in order: warnings
+and errors of TensorFlow, a cuInit failure on a machine that has a GPU, and
+every line of the toolkit.  A user who sets TF_CPP_MIN_LOG_LEVEL or gives
+--verbosity sees TensorFlow's output untouched.
+"""
+import atexit
+import os
+import re
+import sys
+import threading
+
+# absl's notice before its initialisation, INFO lines of C++ sources (with the second
+# line of the CPU feature notice), and oneDNN's notice that float16 falls back to Eigen
+# on CPUs without AVX-512, logged as an error although nothing failed.
+_NOISE = re.compile(
+    rb"WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
+    rb"STDERR|I\d{4} [\d:.]+ +\d+ [\w./-]+\.cc:\d+\] .*"
+    rb"|To enable the following instructions: .* rebuild TensorFlow with the appropriate "
+    rb"compiler flags\."
+    rb"|E\d{4} [\d:.]+ +\d+ util\.cc:\d+\] oneDNN supports DT_HALF only on platforms with "
+    rb"AVX-512\. Falling back to the default Eigen-based implementation if present\.")
+# The CUDA probe of a machine without an NVIDIA driver.
+_NO_GPU_PROBE = re.compile(rb"E\d{4} [\d:.]+ +\d+ cuda_\w+\.cc:\d+\] failed call to cuInit.*")
+_NVIDIA_DEVICE = "/dev/nvidiactl"
+
+
+def _wanted() -> bool:
+    user_asked = "TF_CPP_MIN_LOG_LEVEL" in os.environ or any(
+        arg.startswith(("--verbosity", "-v=", "--v=")) for arg in sys.argv[1:])
+    return not user_asked and "tensorflow" not in sys.modules
+
+
+def _dropped(line: bytes, has_gpu: bool) -> bool:
+    text = line.rstrip(b"\r\n")
+    return bool(_NOISE.fullmatch(text)) or (not has_gpu and bool(_NO_GPU_PROBE.fullmatch(text)))
+
+
+def _forward(reader: int, target: int, has_gpu: bool) -> None:
+    with os.fdopen(reader, "rb", buffering=0) as source:
+        pending = b""
+        while True:
+            chunk = source.read(65536)
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            kept = b"".join(line + b"\n" for line in lines if not _dropped(line, has_gpu))
+            if kept:
+                os.write(target, kept)
+        if pending and not _dropped(pending, has_gpu):
+            os.write(target, pending)
+
+
+def install() -> None:
+    """Starts the filter (once per process, before TensorFlow is imported)."""
+    if not _wanted():
+        return
+    sys.stderr.flush()
+    original = os.dup(2)
+    reader, writer = os.pipe()
+    os.dup2(writer, 2)
+    os.close(writer)
+    thread = threading.Thread(target=_forward, args=(reader, original, os.path.exists(
+        _NVIDIA_DEVICE)), name="stderr-filter", daemon=True)
+    thread.start()
+
+    def drain() -> None:
+        """At exit: the last lines (an ERROR line among them) reach the terminal."""
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(original, 2)  # closes the pipe's last writer: the thread sees its end
+        thread.join(timeout=5)
+
+    atexit.register(drain)
+
+
+install()

@@ -1,0 +1,79 @@
+"""What a user sees: no TensorFlow start-up noise, each warning once, errors kept,
+progress with time left, and a --help of each script's own flags."""
+import collections
+import os
+import re
+
+import pytest
+
+from helpers import LOGISTIC_FLAGS, run_script
+
+START_UP_NOISE = ("absl::InitializeLog", "port.cc", "cudart_stub.cc", "cpu_feature_guard.cc",
+                  "To enable the following instructions", "Restoring parameters from",
+                  "is deprecated")
+
+
+def _check_quiet(stderr: str) -> None:
+    for noise in START_UP_NOISE:
+        assert noise not in stderr, (noise, stderr[-3000:])
+    if not os.path.exists("/dev/nvidiactl"):  # no GPU: the CUDA probe says nothing useful
+        assert "cuInit" not in stderr
+    warnings = collections.Counter(
+        re.sub(r"^W\d{4} [\d:.]+ +\d+ ", "", line) for line in stderr.splitlines()
+        if line.startswith("W"))
+    assert all(count == 1 for count in warnings.values()), warnings
+
+
+def test_scripts_are_quiet_and_report_progress(sample_data, tmp_path):
+    run_dir = str(tmp_path / "run")
+    train = run_script("train", f"--train_data_pattern={sample_data}/video/train*.tfrecord",
+                       f"--train_dir={run_dir}", *LOGISTIC_FLAGS, "--batch_size=4",
+                       "--max_steps=20", "--num_epochs=100")
+    assert train.returncode == 0, train.stderr[-3000:]
+    _check_quiet(train.stderr)
+    assert re.search(r"step 20 \| .* examples/sec .* / 20, \d+m\d\ds left", train.stderr)
+    evaluate = run_script("eval", f"--train_dir={run_dir}", "--run_once",
+                          f"--eval_data_pattern={sample_data}/video/validate*.tfrecord")
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    _check_quiet(evaluate.stderr)
+    csv = str(tmp_path / "out.csv")
+    infer = run_script("inference", f"--train_dir={run_dir}", f"--output_file={csv}",
+                       "--inference_model_file=inference_model_20",
+                       f"--input_data_pattern={sample_data}/video/test*.tfrecord")
+    assert infer.returncode == 0, infer.stderr[-3000:]
+    _check_quiet(infer.stderr)
+    # An error still reaches the user, as the last line.
+    bad = run_script("eval", f"--train_dir={run_dir}", "--run_once", "--top_k=0",
+                     f"--eval_data_pattern={sample_data}/video/validate*.tfrecord")
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines()[-1].startswith("ERROR: --top_k=0")
+
+
+def test_sample_data_says_what_it_wrote(tmp_path):
+    result = run_script("make_sample_data", f"--output_dir={tmp_path}", "--num_classes=5",
+                        "--videos_per_shard=2", "--num_train_shards=1",
+                        "--num_validate_shards=1", "--num_test_shards=1",
+                        "--min_video_frames=2", "--max_video_frames=3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"Wrote 6 videos (5 classes) in 3 files each to {tmp_path}/frame" in result.stdout
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("script,has,lacks", [
+    ("train", ["--train_data_pattern", "--lstm_cells", "--base_learning_rate"],
+     ["--output_file", "--eval_data_pattern"]),
+    ("eval", ["--eval_data_pattern", "--run_once", "--ensemble_wts", "model_flags.json"],
+     ["--lstm_", "--output_file", "--base_learning_rate", "--train_data_pattern"]),
+    ("inference", ["--input_data_pattern", "--output_file", "--batch_size: Videos per batch"],
+     ["--lstm_", "--dbof_", "per tower", "--base_learning_rate", "--eval_data_pattern"]),
+])
+def test_help_lists_the_scripts_own_flags_by_group(script, has, lacks):
+    result = run_script(script, "--help")
+    assert result.returncode == 0 and result.stderr == "", result.stderr[-2000:]
+    for text in has:
+        assert text in result.stdout, text
+    for text in lacks:
+        assert text not in result.stdout, text
+    groups = re.findall(r"^(\w+) flags:$", result.stdout, re.MULTILINE)
+    assert groups and groups == sorted(groups, key=["data", "model", "training", "evaluation",
+                                                    "output"].index)
