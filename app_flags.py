@@ -209,6 +209,9 @@ _SETTING_HELP = {
     "expansion": "NeXtVLAD expansion factor of the frame features.",
     "drop_rate": "NeXtVLAD dropout rate after the aggregation (training only).",
     "gating_reduction": "NeXtVLAD reduction factor of the SE context gating.",
+    "quantize_int8": "Store the large matrices (those --float16_flag stores in float16) as "
+                     "int8 with per-column float32 scales; filled from float32 checkpoints by "
+                     "build_ensemble.py / overwrite_float16_ckpt.py, never trained.",
 }
 # Settings that may differ per ensemble member: the flag is repeated, once per member.
 MEMBER_FLAGS = ("netvlad_cluster_size", "netvlad_hidden_size")

@@ -109,6 +109,7 @@ class ModelSettings:
     expansion: int = 2
     drop_rate: float = 0.5
     gating_reduction: int = 8
+    quantize_int8: bool = False
 
     def validate(self) -> None:
         for name in ("iterations", "netvlad_hidden_size", "moe_num_mixtures", "dbof_cluster_size",
@@ -130,6 +131,9 @@ class ModelSettings:
         if self.moe_low_rank_gating != -1:
             _at_least("moe_low_rank_gating", self.moe_low_rank_gating, 1,
                       hint=" (or -1 for full-rank gates)")
+        if self.quantize_int8 and self.float16_flag:
+            raise UsageError("--quantize_int8 and --float16_flag both store the large "
+                             "matrices: choose one")
         _one_of("dbof_activation", self.dbof_activation, ("relu", "glu"))
         _one_of("dbof_pooling_method", self.dbof_pooling_method, ("max", "average"))
 
