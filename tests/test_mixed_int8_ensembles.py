@@ -138,4 +138,6 @@ def test_predictions_and_gap_match_float32(ensembles):
 
 
 def test_weight_search_accepts_int8_members(ensembles):
-    assert "weights" in ensembles.search.lower()
+    search = ensembles.search
+    assert "model 0 alone" in search and "model 1 alone" in search, search
+    assert "weights found:" in search and "--ensemble_wts=" in search, search
