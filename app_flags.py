@@ -13,7 +13,7 @@ take the file's values.
 """
 import dataclasses
 import sys
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 from absl import flags, logging
 
@@ -87,6 +87,9 @@ _define("string", "checkpoint_file", "",
         "Checkpoint in train_dir to resume from (train) or evaluate (eval).", _TRAIN_EVAL)
 _define("string", "model", "NetVLADModelLF",
         "Model class from frame_level_models or video_level_models.")
+_define("list", "member_models", [],
+        "Model class per ensemble member, comma-separated, for an ensemble mixing models "
+        "(e.g. NeXtVLADModel,NetVLADModelLF); default: --model for every member.")
 _define("bool", "start_new_model", False,
         "Clear train_dir and train from scratch.", (TRAIN,))
 _define("integer", "num_gpu", _TRAINING.num_gpu, "GPUs to split each training step over.", (TRAIN,))
@@ -212,6 +215,15 @@ _SETTING_HELP = {
     "gru_layers": "GRU layers.",
     "gru_random_sequence": "Sample frames before the GRU.",
     "gru_backward": "Read frames backwards in the GRU.",
+    "nextvlad_cluster_size": "NeXtVLAD clusters of the rgb stream (audio: half).",
+    "nextvlad_hidden_size": "NeXtVLAD hidden units.",
+    "groups": "NeXtVLAD groups of the rgb stream (audio: half).",
+    "expansion": "NeXtVLAD expansion factor of the frame features.",
+    "drop_rate": "NeXtVLAD dropout rate after the aggregation (training only).",
+    "gating_reduction": "NeXtVLAD reduction factor of the SE context gating.",
+    "quantize_int8": "Store the large matrices (those --float16_flag stores in float16) as "
+                     "int8 with per-column float32 scales; filled from float32 checkpoints by "
+                     "build_ensemble.py / overwrite_float16_ckpt.py, never trained.",
 }
 # Settings that may differ per ensemble member: the flag is repeated, once per member.
 MEMBER_FLAGS = ("netvlad_cluster_size", "netvlad_hidden_size")
@@ -368,8 +380,9 @@ def data_config() -> DataConfig:
 def member_size_settings(model: str, members: int) -> Dict[str, str]:
     """Which setting each repeated member flag sets: in an ensemble, as in 2018, member i's
     --netvlad_cluster_size / --netvlad_hidden_size are the cluster and hidden size of
-    whatever model it is (DbofModelLF: dbof_cluster_size, ...); a model without such a
-    size keeps the flag's own setting (and refuses a changed one)."""
+    whatever model it is (DbofModelLF: dbof_cluster_size, NeXtVLADModel:
+    nextvlad_cluster_size, ...); a model without such a size keeps the flag's own setting
+    (and refuses a changed one)."""
     targets = {name: name for name in MEMBER_FLAGS}
     if members > 1:
         arguments = registry.find_model(model).SETTINGS
@@ -379,20 +392,61 @@ def member_size_settings(model: str, members: int) -> Dict[str, str]:
     return targets
 
 
+def member_models(count: int) -> List[str]:
+    """Each member's model: --member_models (an ensemble mixing models), else --model."""
+    models = list(value("member_models"))
+    if not models:
+        return [value("model")] * count
+    if present("model"):
+        raise UsageError("--model and --member_models are both given: an ensemble mixing "
+                         "models takes --member_models alone")
+    if len(models) != count:
+        raise UsageError(f"--member_models names {len(models)} models but "
+                         f"--ensemble_num={count}")
+    return models
+
+
+Sources = Dict[str, str]
+
+
+def _member_settings(models: Sequence[str]) -> List[Tuple[Dict[str, Any], Sources]]:
+    """Per member, its settings from the flags and the flag that set each one.
+
+    In an ensemble mixing models a shared flag goes only to the members whose model
+    reads it (the others keep its default); a given flag no member reads is an error.
+    """
+    count, mixed = len(models), len(set(models)) > 1
+    repeated = {name: _per_member(name, count) for name in MEMBER_FLAGS}
+    classifier = value(registry.CLASSIFIER_SETTING)
+    result = []
+    for index, model in enumerate(models):
+        reads = registry.settings_read_by(model, classifier) if mixed else SETTING_NAMES
+        sources = {name: name for name in SETTING_NAMES
+                   if name not in MEMBER_FLAGS and name in reads}
+        for flag, setting in member_size_settings(model, count).items():
+            sources[setting] = flag
+        settings = {setting: repeated[flag][index] if flag in MEMBER_FLAGS else value(flag)
+                    for setting, flag in sources.items()}
+        result.append((settings, sources))
+    if mixed:
+        used = {flag for _, sources in result for flag in sources.values()}
+        unread = [n for n in SETTING_NAMES if present(n) and n not in used]
+        if unread:
+            raise UsageError(f"--{unread[0]} is not a setting of any of --member_models="
+                             f"{','.join(models)}")
+    return result
+
+
 def model_config() -> ModelConfig:
     """The model configuration the command line describes (no file consulted)."""
     count = value("ensemble_num")
     if count < 1:
         raise UsageError(f"--ensemble_num={count} must be at least 1")
-    targets = member_size_settings(value("model"), count)
-    shared = {name: value(name) for name in SETTING_NAMES
-              if name not in MEMBER_FLAGS and name not in targets.values()}
-    per_member = {targets[name]: _per_member(name, count) for name in MEMBER_FLAGS}
+    models = member_models(count)
     weights = _per_member("ensemble_wts", count)
     members = tuple(
-        MemberConfig(model=value("model"), weight=float(weights[i]), settings=ModelSettings(
-            **shared, **{name: values[i] for name, values in per_member.items()}))
-        for i in range(count))
+        MemberConfig(model=models[i], weight=float(weights[i]), settings=ModelSettings(**settings))
+        for i, (settings, _) in enumerate(_member_settings(models)))
     return ModelConfig(data=data_config(), members=members, label_loss=value("label_loss"))
 
 
@@ -428,36 +482,42 @@ def _stored_values(config: ModelConfig) -> Dict[str, Any]:
     return stored
 
 
-def _flag_values(members: int, model: str) -> Dict[str, Any]:
-    """The given model flags in the form of :func:`_stored_values` (``model``'s: where
-    an ensemble's member flags go, see :func:`member_size_settings`)."""
-    targets = member_size_settings(model, members)
-    given: Dict[str, Any] = {}
+# One agreement check: (flag, key of _stored_values, member index or None for the
+# whole value, the value the flags give).
+Check = Tuple[str, str, int | None, Any]
+
+
+def _flag_values(models: Sequence[str]) -> Iterator[Check]:
+    """The given model flags as checks against :func:`_stored_values`, members ``models``
+    (the file's); lazily, so a disagreeing model or member count is reported first."""
+    members = len(models)
     for name in ("feature_names", "feature_sizes", "frame_features", "num_classes",
-                 "max_frames", "label_loss", "ensemble_num", "model", *SETTING_NAMES):
+                 "max_frames", "label_loss", "ensemble_num", "model", "member_models"):
         if not present(name):
             continue
         if name == "feature_names":  # each alone: the other may come from the file
-            given[name] = split_names(value(name))
+            yield name, name, None, split_names(value(name))
         elif name == "feature_sizes":
-            given[name] = split_sizes(value(name))
-        elif name in MEMBER_FLAGS:
-            given[targets[name]] = list(value(name)) * (members if len(value(name)) == 1 else 1)
-        elif name == "model" or name in SETTING_NAMES:
-            given[name] = [value(name)] * members
+            yield name, name, None, split_sizes(value(name))
+        elif name == "model":
+            yield name, name, None, [value(name)] * members
+        elif name == "member_models":
+            yield name, "model", None, list(value(name))
         else:
-            given[name] = value(name)
-    return given
+            yield name, name, None, value(name)
+    for index, (settings, sources) in enumerate(_member_settings(models)):
+        for setting, flag in sources.items():
+            if present(flag):
+                yield flag, setting, index, settings[setting]
 
 
-def _check_agreement(stored: Dict[str, Any], given: Dict[str, Any], path: str,
-                     model: str) -> None:
-    flag_of = {setting: flag for flag, setting in
-               member_size_settings(model, stored.get("ensemble_num", 1)).items()}
-    for name, flag_value in given.items():
-        if name in stored and list(_as_list(flag_value)) != list(_as_list(stored[name])):
-            flag = flag_of.get(name, name)
-            raise _disagree(flag, value(flag), path, _shown(stored[name]))
+def _check_agreement(stored: Dict[str, Any], checks: Iterable[Check], path: str) -> None:
+    for flag, key, index, flag_value in checks:
+        if key not in stored:
+            continue
+        stored_value = stored[key] if index is None else stored[key][index]
+        if list(_as_list(flag_value)) != list(_as_list(stored_value)):
+            raise _disagree(flag, value(flag), path, _shown(stored[key]))
 
 
 def _as_list(values: Any) -> Sequence[Any]:
@@ -488,8 +548,7 @@ def resolve_model_config(stored: StoredConfig | None) -> ModelConfig:
         from_flags = model_config()
         members = len(from_flags.members)
         file_values = {k: ([v] * members if k == "model" else v) for k, v in known.items()}
-        _check_agreement(file_values, _flag_values(members, known["model"]), stored.path,
-                         known["model"])
+        _check_agreement(file_values, _flag_values([known["model"]] * members), stored.path)
         data = dataclasses.replace(from_flags.data, **{
             k: v for k, v in known.items() if k in ("feature_names", "feature_sizes",
                                                     "frame_features", "num_classes")})
@@ -497,8 +556,8 @@ def resolve_model_config(stored: StoredConfig | None) -> ModelConfig:
                                for m in from_flags.members)
         return ModelConfig(data=data, members=members_config, label_loss=known["label_loss"])
     config = stored.model
-    _check_agreement(_stored_values(config), _flag_values(len(config.members), config.model),
-                     stored.path, config.model)
+    _check_agreement(_stored_values(config), _flag_values([m.model for m in config.members]),
+                     stored.path)
     if present("ensemble_wts"):
         config = config.with_weights(_per_member("ensemble_wts", len(config.members)))
     return config

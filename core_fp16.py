@@ -6,27 +6,73 @@ holds the shared pieces: creating such a weight (``get_weight``), applying a
 kernel to rank-2 or higher inputs (``dense``) and a TF1 ``core.Dense``-like
 layer (``Dense``) with the ``kernel``/``bias`` variable names.
 """
-from typing import Callable, Sequence
+import contextlib
+import threading
+from typing import Callable, Iterator, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 Regularizer = Callable[[tf.Tensor], tf.Tensor | None]
 Initializer = Callable[..., tf.Tensor]
+# An int8 weight W is stored as W (int8) and W + INT8_SCALE_SUFFIX (float32, one per column).
+INT8_SCALE_SUFFIX = "_int8_scale"
+_INT8_MAX = 127
+_STORAGE = threading.local()
+
+
+@contextlib.contextmanager
+def int8_storage(enabled: bool) -> Iterator[None]:
+    """Within it, weights asked for compact storage (``float16_flag``) are stored as int8
+    plus per-column float32 scales instead (a member built with --quantize_int8)."""
+    before = getattr(_STORAGE, "int8", False)
+    _STORAGE.int8 = enabled
+    try:
+        yield
+    finally:
+        _STORAGE.int8 = before
+
+
+def quantize_int8(weights: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(int8 values, float32 scales): scale = max |w| of each column / 127, values rounded
+    to nearest, so each dequantised weight is within half a scale of w."""
+    columns = np.asarray(weights, np.float32).reshape(-1, weights.shape[-1])
+    peak = np.abs(columns).max(axis=0)
+    scales = np.where(peak > 0, peak / _INT8_MAX, 1.0).astype(np.float32)
+    values = np.clip(np.rint(columns / scales), -_INT8_MAX, _INT8_MAX).astype(np.int8)
+    return values.reshape(weights.shape), scales
+
+
+def _int8_weight(name: str, shape: Sequence[int]) -> Tuple[tf.Variable, tf.Tensor]:
+    """An int8 weight and its dequantised float32 value; never trained (zero until
+    ensemble_fill fills it from a float32 checkpoint)."""
+    var = tf.compat.v1.get_variable(name, shape, dtype=tf.int8, trainable=False,
+                                    initializer=tf.compat.v1.zeros_initializer())
+    scales = tf.compat.v1.get_variable(name + INT8_SCALE_SUFFIX, [shape[-1]], dtype=tf.float32,
+                                       trainable=False,
+                                       initializer=tf.compat.v1.ones_initializer())
+    return var, tf.cast(var, tf.float32) * scales
 
 
 def get_weight(name: str, shape: Sequence[int], initializer: Initializer,
                float16_flag: bool = False,
                regularizer: Regularizer | None = None) -> tf.Tensor:
-    """A get_variable weight, float16-stored under ``float16_flag``, read as float32.
+    """A get_variable weight, float16-stored under ``float16_flag`` (int8 within
+    :func:`int8_storage`), read as float32.
 
     The regularisation loss is computed on the float32 value, is float32, and
     is added to REGULARIZATION_LOSSES only when the variable is created (not
     when a reusing scope, e.g. a second tower, fetches it again).
     """
     existing = {id(v) for v in tf.compat.v1.global_variables()}
-    var = tf.compat.v1.get_variable(name, shape, dtype=tf.float16 if float16_flag else tf.float32,
-                                    initializer=initializer)
-    value = tf.cast(var, tf.float32)
+    if float16_flag and getattr(_STORAGE, "int8", False):
+        var, value = _int8_weight(name, shape)
+        regularizer = None  # a constant: nothing to regularise
+    else:
+        var = tf.compat.v1.get_variable(
+            name, shape, dtype=tf.float16 if float16_flag else tf.float32,
+            initializer=initializer)
+        value = tf.cast(var, tf.float32)
     if regularizer is not None and id(var) not in existing:
         with tf.name_scope(var.op.name + "/Regularizer/"):
             loss = regularizer(value)

@@ -1,6 +1,8 @@
 """Fills ensemble variables from single-model checkpoints: member i's variables
 ``tower/model{i}/X`` (``tower/X`` for member 0) from ``tower/X`` of the i-th
-checkpoint, converted to the target's dtype (float16 rounds to nearest).
+checkpoint, converted to the target's dtype (float16 rounds to nearest; an int8 X is quantised per
+column and its scales ``X_int8_scale`` computed from the same source, see
+core_fp16.quantize_int8).
 
 Shared by overwrite_float16_ckpt.py (targets from a template checkpoint),
 build_ensemble.py and search_ensemble_weights.py (targets from a graph).
@@ -11,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 import checkpoint_utils
+import core_fp16
 import model_graph
 from errors import UsageError
 
@@ -60,11 +63,15 @@ def fill_variables(template_vars: Mapping[str, Tuple[List[int], tf.DType]],
         reader = checkpoint_utils.open_checkpoint(source)
         source_vars = _model_variables(reader)
         wanted = {"tower/" + inner: name for name, (i, inner) in members.items() if i == index}
+        scales = _int8_scales(template_vars, wanted)
         for name in sorted(set(source_vars) - set(wanted)):
             raise UsageError(f"checkpoint {source} variable {name} has no counterpart in "
                              f"template {template} (member {index})")
         for source_name, name in sorted(wanted.items()):
             shape, dtype = template_vars[name]
+            if source_name in scales:  # computed from the weight it scales
+                source_name = scales[source_name]
+                shape = template_vars[wanted[source_name]][0]
             if source_name not in source_vars:
                 raise UsageError(f"template variable {name} has no source: checkpoint "
                                  f"{source} has no variable {source_name}")
@@ -73,8 +80,24 @@ def fill_variables(template_vars: Mapping[str, Tuple[List[int], tf.DType]],
                     f"template variable {name} has shape {shape} but {source_name} in "
                     f"checkpoint {source} has shape {source_vars[source_name][0]}")
             value = checkpoint_utils.read_tensor(reader, source_name, source)
-            values[name] = value.astype(dtype.as_numpy_dtype)
+            values[name] = _converted(value, dtype, name.endswith(core_fp16.INT8_SCALE_SUFFIX))
     return values
+
+
+def _int8_scales(template_vars: Mapping[str, Tuple[List[int], tf.DType]],
+                 wanted: Mapping[str, str]) -> Dict[str, str]:
+    """Source name of each int8 scale variable -> the source weight it is computed from."""
+    suffix = core_fp16.INT8_SCALE_SUFFIX
+    return {source: source[:-len(suffix)] for source, name in wanted.items()
+            if source.endswith(suffix)
+            and template_vars.get(name[:-len(suffix)], (None, None))[1] == tf.int8}
+
+
+def _converted(value: np.ndarray, dtype: tf.DType, is_scale: bool) -> np.ndarray:
+    """A source value in the target's dtype; int8 targets (and their scales) quantised."""
+    if is_scale or dtype == tf.int8:
+        return core_fp16.quantize_int8(value)[1 if is_scale else 0]
+    return value.astype(dtype.as_numpy_dtype)
 
 
 def graph_variables(graph: tf.Graph) -> Dict[str, tf.Variable]:

@@ -419,3 +419,88 @@ class GruModel(BaseRecurrentModel):
 
     def _cell(self, num_units):
         return rnn_cells.GRUCell(num_units)
+
+
+@registry.model
+class NeXtVLADModel:
+    """NeXtVLAD (Lin, Xiao, Fan 2018, the 3rd-place single model): NeXtVLAD on all rgb
+    frames (K clusters, G groups) and audio frames (K/2, G/2) in ``video_VLAD`` and
+    ``audio_VLAD``, dropout, ``hidden1_weights`` + ``hidden1_bn`` (no relu), SE context
+    gating (``gating_reduction``), classifier.  ``float16_flag`` stores the expansion,
+    cluster, hidden, gating and classifier matrices in float16.
+    """
+
+    SETTINGS = {"nextvlad_cluster_size": "cluster_size", "nextvlad_hidden_size": "hidden_size",
+                "groups": "groups", "expansion": "expansion", "drop_rate": "drop_rate",
+                "gating_reduction": "gating_reduction", "float16_flag": "float16_flag",
+                registry.CLASSIFIER_SETTING: "video_level_classifier_model"}
+
+    def create_model(self, model_input: tf.Tensor, vocab_size: int, num_frames: tf.Tensor,
+                     is_training: bool = True, cluster_size: int = 64, hidden_size: int = 1024,
+                     groups: int = 8, expansion: int = 2, drop_rate: float = 0.5,
+                     gating_reduction: int = 8, float16_flag: bool = False,
+                     video_level_classifier_model: str = "MoeModel", **params) -> Outputs:
+        """``params`` go to the classifier, with ``float16_flag``."""
+        _check_frame_features(model_input, "NeXtVLADModel")
+        vlad = self._aggregate(model_input, num_frames, cluster_size, groups, expansion,
+                               is_training, float16_flag)
+        if is_training and drop_rate > 0:
+            vlad = tf.nn.dropout(vlad, rate=drop_rate, name="vlad_dropout")
+        hidden1_weights = layers_fp16.variance_scaling_weight(
+            "hidden1_weights", [int(vlad.shape[-1]), hidden_size], float16_flag)
+        activation = layers_fp16.batch_norm(core_fp16.matmul_last_axis(vlad, hidden1_weights),
+                                            is_training, "hidden1_bn")
+        try:
+            activation = layers_fp16.se_context_gating(activation, gating_reduction,
+                                                       is_training, float16_flag)
+        except ValueError as e:
+            raise UsageError(f"--gating_reduction={gating_reduction}: {e}") from None
+        return _classify(activation, vocab_size, is_training, video_level_classifier_model,
+                         dict(params, float16_flag=float16_flag))
+
+    @staticmethod
+    def parameter_count(vocab_size: int, cluster_size: int = 64, hidden_size: int = 1024,
+                        groups: int = 8, expansion: int = 2, gating_reduction: int = 8,
+                        num_mixtures: int | None = 5) -> int:
+        """Trainable parameters (batch-norm moving statistics excluded), for the README's
+        size column; ``num_mixtures=None`` counts a LogisticModel classifier."""
+        def stream(size: int, clusters: int, stream_groups: int) -> Tuple[int, int]:
+            width = expansion * size
+            out = clusters * width // stream_groups
+            count = (size * width + width + width * stream_groups + stream_groups
+                     + width * stream_groups * clusters + 2 * stream_groups * clusters
+                     + out + 2 * out)  # fc, attention, cluster weights + BN, centres, vlad_bn
+            return count, out
+
+        video, video_out = stream(VIDEO_FEATURE_SIZE, cluster_size, groups)
+        audio, audio_out = stream(AUDIO_FEATURE_SIZE, cluster_size // 2, groups // 2)
+        squeeze = hidden_size // gating_reduction
+        top = ((video_out + audio_out) * hidden_size + 2 * hidden_size
+               + 2 * hidden_size * squeeze + 2 * squeeze)
+        if num_mixtures is None:
+            classifier = hidden_size * vocab_size + vocab_size
+        else:
+            classifier = (hidden_size * vocab_size * (2 * num_mixtures + 1)
+                          + vocab_size * num_mixtures)
+        return video + audio + top + classifier
+
+    @staticmethod
+    def _aggregate(model_input: tf.Tensor, num_frames: tf.Tensor, cluster_size: int,
+                   groups: int, expansion: int, is_training: bool,
+                   float16_flag: bool) -> tf.Tensor:
+        """[rgb NeXtVLAD, audio NeXtVLAD] of every (unpadded) frame: [B, vlad size]."""
+        mask = tf.sequence_mask(tf.reshape(num_frames, [-1]), int(model_input.shape[1]),
+                                dtype=tf.float32)
+        video, audio = tf.split(model_input, [VIDEO_FEATURE_SIZE, AUDIO_FEATURE_SIZE], axis=2)
+        outputs = []
+        for scope, frames, size, clusters, stream_groups in (
+                ("video_VLAD", video, VIDEO_FEATURE_SIZE, cluster_size, groups),
+                ("audio_VLAD", audio, AUDIO_FEATURE_SIZE, cluster_size // 2, groups // 2)):
+            try:
+                block = pooling.NeXtVLAD(size, clusters, expansion, stream_groups, is_training,
+                                         float16_flag)
+            except ValueError as e:
+                raise UsageError(f"--expansion={expansion} --groups={groups}: {e}") from None
+            with _V1.variable_scope(scope):
+                outputs.append(block.forward(frames, mask))
+        return tf.concat(outputs, 1)

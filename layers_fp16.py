@@ -50,10 +50,24 @@ def fully_connected(inputs: tf.Tensor, num_outputs: int,
 
 def weight_variable(name: str, shape: Sequence[int], stddev: float,
                     float16_flag: bool = False,
-                    regularizer: Callable | None = None) -> tf.Tensor:
-    """A normal(0, stddev) weight in the current scope, returned as float32."""
-    return core_fp16.get_weight(name, shape, _V1.random_normal_initializer(stddev=stddev),
-                                float16_flag, regularizer)
+                    regularizer: Callable | None = None, truncated: bool = False) -> tf.Tensor:
+    """A normal(0, stddev) (or truncated normal) weight in the current scope, as float32."""
+    initializer = (_V1.truncated_normal_initializer if truncated
+                   else _V1.random_normal_initializer)(stddev=stddev)
+    return core_fp16.get_weight(name, shape, initializer, float16_flag, regularizer)
+
+
+def variance_scaling_stddev(shape: Sequence[int]) -> float:
+    """sqrt(1.3 * 2 / fan_in), fan_in = product of all but the last dim: the stddev of
+    slim.variance_scaling_initializer() (factor 2, FAN_IN, truncated normal)."""
+    return math.sqrt(2.6 / math.prod(int(d) for d in shape[:-1]))
+
+
+def variance_scaling_weight(name: str, shape: Sequence[int],
+                            float16_flag: bool = False) -> tf.Tensor:
+    """A weight initialised as slim.variance_scaling_initializer() (NeXtVLAD's)."""
+    return weight_variable(name, shape, variance_scaling_stddev(shape), float16_flag,
+                           truncated=True)
 
 
 def _moving_stat(name: str, depth: int, initializer) -> tf.Variable:
@@ -122,3 +136,19 @@ def context_gating(inputs: tf.Tensor, is_training: bool, add_batch_norm: bool = 
         gates += _V1.get_variable(biases_name, [dim], dtype=tf.float32,
                                   initializer=_V1.random_normal_initializer(stddev=stddev))
     return inputs * tf.sigmoid(gates)
+
+
+def se_context_gating(inputs: tf.Tensor, reduction: int, is_training: bool,
+                      float16_flag: bool = False) -> tf.Tensor:
+    """NeXtVLAD's squeeze-and-excitation gating: inputs * sigmoid(relu(BN(inputs @ W1)) @ W2),
+    W1 ``gating_weights_1`` [d, d/r], BN ``gating_bn``, W2 ``gating_weights_2`` [d/r, d];
+    two thin matrices instead of context gating's d x d."""
+    dim = int(inputs.shape[-1])
+    if dim // reduction < 1:
+        raise ValueError(f"gating reduction {reduction} leaves no units of {dim}")
+    squeeze = variance_scaling_weight("gating_weights_1", [dim, dim // reduction],
+                                      float16_flag)
+    gates = tf.nn.relu(batch_norm(core_fp16.matmul_last_axis(inputs, squeeze), is_training,
+                                  "gating_bn"))
+    excite = variance_scaling_weight("gating_weights_2", [dim // reduction, dim], float16_flag)
+    return inputs * tf.sigmoid(core_fp16.matmul_last_axis(gates, excite))

@@ -63,3 +63,22 @@ class SoftmaxLoss(BaseLoss):
             label_sums = tf.maximum(tf.reduce_sum(y, axis=1, keepdims=True), 1e-7)
             per_class = (y / label_sums) * tf.nn.log_softmax(p, axis=1)
             return tf.reduce_mean(-tf.reduce_sum(per_class, axis=1))
+
+
+def soften(probabilities: tf.Tensor, temperature: float) -> tf.Tensor:
+    """sigmoid(logit(p) / T): per-class probabilities at temperature T (T = 1: unchanged)."""
+    p = tf.clip_by_value(tf.cast(probabilities, tf.float32), 1e-7, 1 - 1e-7)
+    return tf.sigmoid((tf.math.log(p) - tf.math.log1p(-p)) / temperature)
+
+
+def distillation_loss(loss: BaseLoss, predictions: tf.Tensor, labels: tf.Tensor,
+                      teacher: tf.Tensor, weight: float, temperature: float = 1.0) -> tf.Tensor:
+    """(1 - w) * loss(p, labels) + w * T^2 * loss(p_T, q_T): the label loss mixed with the
+    same loss against the teacher's soft predictions q, both softened at temperature T
+    (T^2 keeps the teacher term's gradients at the scale of T = 1, Hinton et al. 2015)."""
+    if not 0.0 <= weight <= 1.0 or temperature <= 0:
+        raise ValueError(f"distillation weight {weight} must be in [0, 1] and temperature "
+                         f"{temperature} above 0")
+    hard = loss.calculate_loss(predictions, labels)
+    soft = loss.calculate_loss(soften(predictions, temperature), soften(teacher, temperature))
+    return (1.0 - weight) * hard + weight * temperature ** 2 * soft

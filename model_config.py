@@ -103,12 +103,25 @@ class ModelSettings:
     gru_layers: int = 2
     gru_random_sequence: bool = False
     gru_backward: bool = False
+    nextvlad_cluster_size: int = 64
+    nextvlad_hidden_size: int = 1024
+    groups: int = 8
+    expansion: int = 2
+    drop_rate: float = 0.5
+    gating_reduction: int = 8
+    quantize_int8: bool = False
 
     def validate(self) -> None:
         for name in ("iterations", "netvlad_hidden_size", "moe_num_mixtures", "dbof_cluster_size",
                      "dbof_hidden_size", "fv_hidden_size", "lstm_cells", "lstm_layers",
-                     "gru_cells", "gru_layers"):
+                     "gru_cells", "gru_layers", "nextvlad_hidden_size", "expansion",
+                     "gating_reduction"):
             _at_least(name, getattr(self, name), 1)
+        # NeXtVLAD's audio stream gets half the clusters and half the groups.
+        _at_least("nextvlad_cluster_size", self.nextvlad_cluster_size, 2)
+        _at_least("groups", self.groups, 2)
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise UsageError(f"--drop_rate={self.drop_rate} must be in [0, 1)")
         # The audio streams get half (NetVLAD, NetFV) or an eighth (DBoF) of the clusters.
         _at_least("netvlad_cluster_size", self.netvlad_cluster_size, 2)
         _at_least("fv_cluster_size", self.fv_cluster_size, 2)
@@ -118,6 +131,9 @@ class ModelSettings:
         if self.moe_low_rank_gating != -1:
             _at_least("moe_low_rank_gating", self.moe_low_rank_gating, 1,
                       hint=" (or -1 for full-rank gates)")
+        if self.quantize_int8 and self.float16_flag:
+            raise UsageError("--quantize_int8 and --float16_flag both store the large "
+                             "matrices: choose one")
         _one_of("dbof_activation", self.dbof_activation, ("relu", "glu"))
         _one_of("dbof_pooling_method", self.dbof_pooling_method, ("max", "average"))
 

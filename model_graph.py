@@ -11,6 +11,7 @@ from typing import List, Tuple
 import tensorflow as tf
 
 import checkpoint_utils
+import core_fp16
 import losses
 import registry
 from model_config import ModelConfig
@@ -87,7 +88,11 @@ def build_predictions(model_input_raw: tf.Tensor, num_frames: tf.Tensor, config:
             if not registry.is_video_level(member.model):
                 arguments["num_frames"] = num_frames
             scope = member_scope(index)
-            with tf.compat.v1.variable_scope(scope) if scope else contextlib.nullcontext():
+            int8 = member.settings.quantize_int8
+            if int8:  # int8 takes the place of float16 storage (core_fp16.int8_storage)
+                arguments["float16_flag"] = True
+            with (tf.compat.v1.variable_scope(scope) if scope else contextlib.nullcontext(),
+                  core_fp16.int8_storage(int8)):
                 result = registry.find_model(member.model)().create_model(
                     model_input=model_input, vocab_size=config.num_classes,
                     is_training=is_training, **arguments)

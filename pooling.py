@@ -251,3 +251,60 @@ class NetFV(PoolingBlock):
         second = (mass * tf.square(means) + second - 2.0 * first * means) / tf.square(sigma) - mass
         first = (first - mass * means) / sigma
         return tf.concat([intra_and_global_l2(first), l2_normalize(_flatten(second), 1)], 1)
+
+
+class NeXtVLAD:
+    """NeXtVLAD (Lin, Xiao, Fan 2018): frames expanded by ``expansion`` (lambda), split
+    into ``groups`` (G) of width lambda*D/G, each group softly assigned to K clusters
+    and weighted by a per-frame, per-group sigmoid attention; the residuals are summed
+    over frames and groups, L2-normalised per cluster and batch-normalised:
+    [B, K * lambda*D/G].  Far fewer parameters than NetVLAD's D*K at the same K.
+
+    Frames are [B, T, D] (all T, no sampling); ``mask`` [B, T] zeroes padding.
+    """
+
+    def __init__(self, feature_size: int, cluster_size: int, expansion: int, groups: int,
+                 is_training: bool, float16_flag: bool = False):
+        self.width = expansion * feature_size
+        if self.width % groups:
+            raise ValueError(f"NeXtVLAD: expansion * {feature_size} = {self.width} is not "
+                             f"divisible into {groups} groups")
+        self.feature_size = feature_size
+        self.cluster_size = cluster_size
+        self.groups = groups
+        self.is_training = is_training
+        self.float16_flag = float16_flag
+
+    @property
+    def output_size(self) -> int:
+        return self.cluster_size * self.width // self.groups
+
+    def _dense(self, rows: tf.Tensor, units: int, scope: str, activation=None,
+               float16_flag: bool = False) -> tf.Tensor:
+        """slim.fully_connected with a variance-scaling kernel and zero biases."""
+        stddev = layers_fp16.variance_scaling_stddev([int(rows.shape[-1]), units])
+        return layers_fp16.fully_connected(
+            rows, units, activation_fn=activation, scope=scope, float16_flag=float16_flag,
+            weights_initializer=_V1.truncated_normal_initializer(stddev=stddev))
+
+    def forward(self, frames: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+        """[B, T, D] frames, [B, T] mask -> [B, K * lambda*D/G]."""
+        frames_per_video, group_width = int(frames.shape[1]), self.width // self.groups
+        slots = frames_per_video * self.groups  # (frame, group) pairs, index t*G + g
+        expanded = self._dense(tf.reshape(frames, [-1, self.feature_size]), self.width,
+                               "fully_connected", float16_flag=self.float16_flag)
+        attention = self._dense(expanded, self.groups, "fully_connected_1", tf.sigmoid)
+        attention = tf.reshape(tf.reshape(attention, [-1, frames_per_video, self.groups])
+                               * mask[:, :, None], [-1, slots, 1])
+        cluster_weights = layers_fp16.variance_scaling_weight(
+            "cluster_weights", [self.width, self.groups * self.cluster_size], self.float16_flag)
+        logits = layers_fp16.batch_norm(tf.matmul(expanded, cluster_weights), self.is_training,
+                                        "cluster_bn")
+        assignments = tf.nn.softmax(tf.reshape(logits, [-1, slots, self.cluster_size])) * attention
+        centres = layers_fp16.variance_scaling_weight("cluster_weights2",
+                                          [1, group_width, self.cluster_size])
+        mass = tf.reduce_sum(assignments, axis=1, keepdims=True)  # [B, 1, K]
+        vlad = tf.matmul(tf.reshape(expanded, [-1, slots, group_width]), assignments,
+                         transpose_a=True) + mass * -centres  # [B, lambda*D/G, K]
+        vlad = _flatten(l2_normalize(vlad, 1))
+        return layers_fp16.batch_norm(vlad, self.is_training, "vlad_bn")

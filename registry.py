@@ -26,6 +26,8 @@ _OPTIMIZERS = ("AdamOptimizer", "AdagradOptimizer", "AdadeltaOptimizer",
                "GradientDescentOptimizer", "RMSPropOptimizer", "FtrlOptimizer",
                "ProximalAdagradOptimizer", "ProximalGradientDescentOptimizer")
 CLASSIFIER_SETTING = "video_level_classifier_model"
+# Read by model_graph for every model with compact storage (one that reads float16_flag).
+INT8_SETTING = "quantize_int8"
 
 
 def model(cls: type) -> type:
@@ -86,6 +88,8 @@ def settings_read_by(model_name: str, classifier_name: str) -> Dict[str, str]:
     if CLASSIFIER_SETTING in used:
         for name, argument in find_classifier(classifier_name).SETTINGS.items():
             used.setdefault(name, argument)
+    if "float16_flag" in used:
+        used[INT8_SETTING] = INT8_SETTING
     return used
 
 
@@ -105,4 +109,5 @@ def member_arguments(member: MemberConfig) -> Dict[str, Any]:
         raise UsageError(f"--{name}={getattr(settings, name)} is not a setting of "
                          f"{member.model}, which reads only "
                          f"{', '.join(sorted(used)) or 'no settings'}")
-    return {argument: getattr(settings, name) for name, argument in used.items()}
+    return {argument: getattr(settings, name) for name, argument in used.items()
+            if name != INT8_SETTING}

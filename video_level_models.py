@@ -16,16 +16,19 @@ import registry
 
 @registry.classifier
 class LogisticModel:
-    """Logistic regression: ``fully_connected/{weights,biases}``, sigmoid."""
+    """Logistic regression: ``fully_connected/{weights,biases}``, sigmoid; the weights
+    float16 under ``float16_flag`` (NeXtVLAD's classifier in the public scripts)."""
 
-    SETTINGS: Dict[str, str] = {}
+    SETTINGS: Dict[str, str] = {"float16_flag": "float16_flag"}
 
     def create_model(self, model_input: tf.Tensor, vocab_size: int, is_training: bool = True,
-                     l2_penalty: float = 1e-8) -> Dict[str, tf.Tensor]:
+                     l2_penalty: float = 1e-8,
+                     float16_flag: bool = False) -> Dict[str, tf.Tensor]:
         """``l2_penalty`` is the starter code's 1e-8; ``is_training`` changes nothing."""
         predictions = layers_fp16.fully_connected(
             model_input, vocab_size, activation_fn=tf.sigmoid,
-            weights_regularizer=layers_fp16.l2_regularizer(l2_penalty))
+            weights_regularizer=layers_fp16.l2_regularizer(l2_penalty),
+            float16_flag=float16_flag)
         return {"predictions": predictions}
 
 

@@ -67,3 +67,26 @@ def test_softmax_stays_finite_for_extreme_logits():
 def test_base_loss_is_abstract():
     with pytest.raises(NotImplementedError):
         losses.BaseLoss().calculate_loss(None, None)
+
+
+def _numpy_cross_entropy(p, y):
+    return np.mean(-np.sum(y * np.log(p + 1e-5) + (1 - y) * np.log(1 - p + 1e-5), axis=1))
+
+
+@pytest.mark.parametrize("weight,temperature", [(0.0, 1.0), (0.5, 1.0), (0.7, 3.0), (1.0, 2.0)])
+def test_distillation_loss_is_the_mixed_cross_entropy(weight, temperature):
+    """(1 - w) CE(p, y) + w T^2 CE(s(p), s(q)), s(x) = sigmoid(logit(x) / T)."""
+    rng = np.random.default_rng(3)
+    p, q = rng.uniform(0.01, 0.99, size=(2, 5, 7))
+    y = (rng.uniform(size=(5, 7)) < 0.3).astype(np.float64)
+
+    def soften(x):
+        return 1 / (1 + np.exp(-np.log(x / (1 - x)) / temperature))
+
+    expected = ((1 - weight) * _numpy_cross_entropy(p, y)
+                + weight * temperature ** 2 * _numpy_cross_entropy(soften(p), soften(q)))
+    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+        got = sess.run(losses.distillation_loss(
+            losses.CrossEntropyLoss(), tf.constant(p, tf.float32), tf.constant(y, tf.float32),
+            tf.constant(q, tf.float32), weight, temperature))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)

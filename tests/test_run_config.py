@@ -252,7 +252,8 @@ def test_registry_errors_name_the_flag_and_the_choices():
     logistic = model_config.MemberConfig(
         "LogisticModel", 1.0, model_config.ModelSettings(moe_num_mixtures=3))
     with pytest.raises(UsageError, match=r"^--moe_num_mixtures=3 is not a setting of "
-                                         r"LogisticModel, which reads only no settings$"):
+                                         r"LogisticModel, which reads only float16_flag, "
+                                         r"quantize_int8$"):
         registry.member_arguments(logistic)
     moe = model_config.MemberConfig("DbofModel", 1.0, model_config.ModelSettings(
         video_level_classifier_model="LogisticModel", moe_num_mixtures=3))
