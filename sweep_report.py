@@ -32,7 +32,7 @@ def best_range(gaps: Sequence[float]) -> Tuple[int, int] | None:
     for first in range(len(gaps)):
         for last in range(first + 1, len(gaps)):
             run = gaps[first:last + 1]
-            key = (sum(run) / len(run), len(run), first)
+            key = (round(sum(run) / len(run), 9), len(run), first)  # round: float ties
             if best is None or key > best:
                 best, chosen = key, (first, last)
     return chosen
