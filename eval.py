@@ -15,10 +15,11 @@ checkpoint_utils.inference_name).
 A sweep (``--checkpoints``, ``--checkpoints_start_end``,
 ``--num_last_checkpoints``: avg_checkpoints.py's selection, under
 RUN/model.ckpt-N) evaluates several checkpoints in one process: the graph
-holds one model copy per checkpoint of a pass (as many as fit in half the
-free memory, or ``--sweep_models_per_pass``), and every copy scores each
-batch as it is read, so the eval data is read and parsed once per pass
-instead of once per checkpoint.  Each checkpoint still gets its re-save, its
+holds one model copy per checkpoint of a pass (as many as their weights fit
+in half the free memory, or ``--sweep_models_per_pass``), and the copies
+score each batch in turn as it is read, so the eval data is read and parsed
+once per pass instead of once per checkpoint, and activations are held for
+one copy at a time.  Each checkpoint still gets its re-save, its
 TensorBoard points and its JSON line; a table and the avg_checkpoints.py
 command for the best range follow (sweep_report.py).
 """
@@ -140,8 +141,19 @@ def build_eval_graph(config: ModelConfig, settings: EvalSettings, files,
                 skip_corrupt_records=settings.skip_corrupt_records)
             iterator = tf.compat.v1.data.make_initializable_iterator(dataset)
             batch, init = iterator.get_next(), iterator.initializer
-        models = [_build_copy(config, settings, batch, copy_scope(i)) for i in range(copies)]
+        models: List[ModelCopy] = []
+        for i in range(copies):
+            models.append(_build_copy(config, settings, _after(batch, models), copy_scope(i)))
     return EvalGraph(graph, init, models)
+
+
+def _after(batch: Dict[str, tf.Tensor], previous: List[ModelCopy]) -> Dict[str, tf.Tensor]:
+    """The batch, given to the next copy only once the last one has scored it: a sweep
+    holds one copy's activations at a time, so its extra memory is the copies' weights."""
+    if not previous or previous[-1].top_k is None:
+        return batch
+    with tf.control_dependencies([previous[-1].top_k["scores"], previous[-1].loss]):
+        return {name: tf.identity(value) for name, value in batch.items()}
 
 
 def _in_train_dir(train_dir: str, name: str) -> str:
