@@ -158,6 +158,18 @@ _define("bool", "force_output_model_name", False,
         "Re-save the evaluated checkpoint as train_dir/inference_model.", (EVAL,))
 _define("integer", "eval_interval_secs", 60,
         "Seconds to sleep between looks for a new checkpoint.", (EVAL,))
+_define("string", "checkpoints", "",
+        "Sweep: evaluate these steps of train_dir/model.ckpt-N in one run (e.g. 150010,170010).",
+        (EVAL,))
+_define("string", "checkpoints_start_end", "",
+        "Sweep: 'START,END', every train_dir/model.ckpt-N with START <= N <= END.", (EVAL,))
+_define("integer", "num_last_checkpoints", 0,
+        "Sweep: the N checkpoints train_dir/model.ckpt-N with the highest steps.", (EVAL,))
+_define("integer", "sweep_models_per_pass", 0,
+        "Advanced: checkpoints scored per pass over the eval data in a sweep (one model copy "
+        "each); 0 picks as many as fit in half the free memory.", (EVAL,))
+_define("float", "progress_interval_secs", 10.0,
+        "Advanced: seconds between progress lines (0: one per batch).", (EVAL, INFERENCE))
 
 # --- Inference -------------------------------------------------------------------
 _group = "output"

@@ -18,14 +18,13 @@ directory is left alone, so a later resume still picks a training checkpoint.
 """
 import quiet_startup  # noqa: F401  (first: before TensorFlow is imported)
 
-import posixpath
-import re
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence
 
 import numpy as np
 import tensorflow as tf
 from absl import flags
 
+import checkpoint_selection
 import checkpoint_utils
 import cli
 from errors import UsageError
@@ -47,70 +46,6 @@ def define_flags() -> None:
                         "Checkpoint prefix, e.g. gs://BUCKET/RUN/model.ckpt- (or a directory).")
     flags.DEFINE_string("output_path", "/tmp/averaged.ckpt",
                         "Where to write the average; the checkpoint is <output_path>-0.")
-
-
-def series_prefix(prefix: str) -> str:
-    """The prefix a step is appended to: ``RUN/model.ckpt`` -> ``RUN/model.ckpt-``."""
-    if not prefix:
-        raise UsageError("--prefix is required, e.g. --prefix=RUN/model.ckpt-")
-    if prefix.endswith("/") or (tf.io.gfile.isdir(prefix)
-                                and not tf.io.gfile.glob(prefix + "*.index")):
-        return posixpath.join(prefix.rstrip("/"), checkpoint_utils.TRAIN_BASENAME + "-")
-    return prefix if prefix.endswith("-") else prefix + "-"
-
-
-def numbered_checkpoints(prefix: str) -> List[Tuple[int, str]]:
-    """(step, path) of every ``<prefix>*.index`` whose name has one number, by step.
-
-    The step is the single number in the name after the prefix; names with
-    several numbers (``model.ckpt-100_copy2``) are skipped.
-    """
-    found = []
-    for index_file in tf.io.gfile.glob(prefix + "*.index"):
-        path = index_file[:-len(".index")]
-        numbers = re.findall(r"\d+", posixpath.basename(path)[len(posixpath.basename(prefix)):])
-        if len(numbers) == 1:
-            found.append((int(numbers[0]), path))
-    return sorted(found)
-
-
-def _parse_steps(text: str, flag: str, count: int | None = None) -> List[int]:
-    try:
-        steps = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--{flag}={text!r} must be comma-separated integer steps") from None
-    if not steps or (count is not None and len(steps) != count):
-        raise UsageError(f"--{flag}={text!r} must be {count or 'some'} comma-separated steps")
-    return steps
-
-
-def select_checkpoints(prefix: str, checkpoints: str = "", checkpoints_start_end: str = "",
-                       num_last_checkpoints: int = 0) -> List[str]:
-    """The checkpoint paths the flags ask for (list > range > last N)."""
-    series = series_prefix(prefix)
-    if checkpoints:
-        paths = [f"{series}{step}" for step in _parse_steps(checkpoints, "checkpoints")]
-        for path in paths:
-            if not checkpoint_utils.checkpoint_exists(path):
-                raise UsageError(f"--checkpoints: checkpoint {path} does not exist "
-                                 f"(no {path}.index)")
-        return paths
-    if checkpoints_start_end:
-        start, end = _parse_steps(checkpoints_start_end, "checkpoints_start_end", 2)
-        paths = [p for step, p in numbered_checkpoints(series) if start <= step <= end]
-        if not paths:
-            raise UsageError(f"--checkpoints_start_end={checkpoints_start_end}: no checkpoint "
-                             f"{series}N with {start} <= N <= {end}")
-        return paths
-    if num_last_checkpoints < 0:
-        raise UsageError(f"--num_last_checkpoints={num_last_checkpoints} must be positive")
-    if num_last_checkpoints:
-        found = numbered_checkpoints(series)
-        if len(found) < num_last_checkpoints:
-            raise UsageError(f"--num_last_checkpoints={num_last_checkpoints} but only "
-                             f"{len(found)} checkpoints {series}N exist")
-        return [p for _, p in found[-num_last_checkpoints:]]
-    raise UsageError("give --checkpoints, --checkpoints_start_end or --num_last_checkpoints")
 
 
 def average_checkpoints(paths: Sequence[str]) -> Dict[str, np.ndarray]:
@@ -152,8 +87,8 @@ def average_checkpoints(paths: Sequence[str]) -> Dict[str, np.ndarray]:
 
 
 def main() -> None:
-    paths = select_checkpoints(FLAGS.prefix, FLAGS.checkpoints, FLAGS.checkpoints_start_end,
-                               FLAGS.num_last_checkpoints)
+    paths = checkpoint_selection.select_checkpoints(
+        FLAGS.prefix, FLAGS.checkpoints, FLAGS.checkpoints_start_end, FLAGS.num_last_checkpoints)
     checkpoint_utils.check_writable(FLAGS.output_path, "output_path")
     print(f"Averaging {len(paths)} checkpoints:")
     for path in paths:

@@ -191,19 +191,23 @@ def model_variables(var_list: Sequence[tf.Variable]) -> List[tf.Variable]:
     return [v for v in var_list if v.op.name in keep]
 
 
-def restorable_variables(checkpoint: str, variables: Sequence[tf.Variable],
+def restorable_variables(checkpoint: str,
+                         variables: Sequence[tf.Variable] | Mapping[str, tf.Variable],
                          hint: str) -> List[tf.Variable]:
     """The ``variables`` that ``checkpoint`` holds, checked against it.
 
-    A model variable the checkpoint lacks, or holds in another shape, means the
-    flags describe another graph: a UsageError naming it, ending in ``hint``
-    (restoring would otherwise "succeed" and fail later in a reshape, or write
-    a broken re-save).  Missing training state is the caller's to handle.
+    ``variables``: a list (checkpoint names = their names) or a mapping from
+    checkpoint names.  A model variable the checkpoint lacks, or holds in
+    another shape, means the flags describe another graph: a UsageError naming
+    it, ending in ``hint`` (restoring would otherwise "succeed" and fail later
+    in a reshape, or write a broken re-save).  Missing training state is the
+    caller's to handle.
     """
     stored = open_checkpoint(checkpoint).get_variable_to_shape_map()
-    names = [v.op.name for v in variables]
-    for var in variables:
-        name = var.op.name
+    named = dict(variables) if isinstance(variables, Mapping) else {
+        v.op.name: v for v in variables}
+    names = list(named)
+    for name, var in named.items():
         if name in stored and list(stored[name]) != var.shape.as_list():
             raise UsageError(f"checkpoint {checkpoint} has {name} with shape {stored[name]} but "
                              f"the flags give {var.shape.as_list()}; {hint}")
@@ -211,7 +215,7 @@ def restorable_variables(checkpoint: str, variables: Sequence[tf.Variable],
     if missing_model:
         raise UsageError(f"checkpoint {checkpoint} lacks {len(missing_model)} variables of the "
                          f"graph the flags describe (e.g. {missing_model[0]}); {hint}")
-    return [v for v in variables if v.op.name in stored]
+    return [var for name, var in named.items() if name in stored]
 
 
 def create_global_step(graph: tf.Graph | None = None) -> tf.Variable:
@@ -237,6 +241,14 @@ def open_checkpoint(path: str, what: str = "checkpoint") -> Any:
         return tf.compat.v1.train.NewCheckpointReader(path)
     except Exception as e:  # the reader raises OpError, ValueError, IndexError, ...
         raise UsageError(f"cannot read {what} {path}: {describe_error(e)}") from None
+
+
+def model_bytes(path: str) -> int:
+    """Bytes of the model variables of checkpoint ``path`` (optimizer state left out)."""
+    reader = open_checkpoint(path)
+    shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
+    return sum(int(np.prod(shapes[name])) * dtypes[name].size
+               for name in model_variable_names(shapes))
 
 
 def read_tensor(reader: Any, name: str, path: str) -> np.ndarray:

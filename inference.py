@@ -14,7 +14,6 @@ import contextlib
 import io
 import os
 import tarfile
-import time
 import uuid
 from typing import List
 
@@ -29,6 +28,7 @@ import export
 import input_pipeline
 import model_config
 import model_graph
+import progress
 import readers
 import submission
 from errors import UsageError
@@ -177,7 +177,8 @@ def write_predictions(model_dir: str, name: str, output_file: str, batch_size: i
                    "finite": tf.reduce_all(tf.math.is_finite(predictions), axis=1)}
     graph.finalize()
     tmp = f"{output_file}.tmp-{uuid.uuid4().hex}"
-    start, count = time.time(), 0
+    tracker = progress.Progress("inference", progress.count_records(files),
+                                max(app_flags.value("progress_interval_secs"), 0.0))
     duplicates, no_frames = submission.DuplicateIds(), submission.Tally()
     try:
         with tf.compat.v1.Session(graph=graph) as sess, tf.io.gfile.GFile(tmp, "w") as out:
@@ -189,17 +190,14 @@ def write_predictions(model_dir: str, name: str, output_file: str, batch_size: i
                 except tf.errors.OutOfRangeError:
                     break
                 out.write(batch_rows(values, duplicates, no_frames))
-                count += len(values["video_ids"])
-                logging.log_every_n_seconds(
-                    logging.INFO, "%d videos, %.1f videos/sec", 10, count,
-                    count / max(time.time() - start, 1e-9))
+                tracker.add(len(values["video_ids"]))
         duplicates.check("input_data_pattern")
         tf.io.gfile.rename(tmp, output_file, overwrite=True)
     finally:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.remove(tmp)
-    logging.info("Wrote %d videos to %s (%.1f videos/sec).", count, output_file,
-                 count / max(time.time() - start, 1e-9))
+    logging.info("Wrote %d videos to %s (%.1f videos/sec).", tracker.done, output_file,
+                 tracker.rate())
     if no_frames.count:
         logging.warning("%d video(s) have no frames (e.g. %s): their rows score one all-zero "
                         "frame, as the 2018 code scored their zero padding.", no_frames.count,

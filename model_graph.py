@@ -6,7 +6,7 @@ so a single model lives under ``tower/`` and ensemble member i under
 """
 import contextlib
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import tensorflow as tf
 
@@ -132,8 +132,19 @@ def input_shape(config: ModelConfig) -> Tuple:
 
 def model_variables() -> List[tf.Variable]:
     """Variables that belong in an inference checkpoint: model + global_step."""
-    return [v for v in tf.compat.v1.global_variables()
-            if v.op.name.startswith(TOWER_SCOPE + "/") or v.op.name == checkpoint_utils.GLOBAL_STEP]
+    return list(copy_variables().values())
+
+
+def copy_variables(scope: str = "") -> Dict[str, tf.Variable]:
+    """The model variables and global_step of the copy built under variable scope ``scope``,
+    by their names in a checkpoint (eval.py's sweep scores several copies in one graph)."""
+    prefix = scope + "/" if scope else ""
+    found = {}
+    for var in tf.compat.v1.global_variables():
+        name = var.op.name[len(prefix):] if var.op.name.startswith(prefix) else None
+        if name and (name.startswith(TOWER_SCOPE + "/") or name == checkpoint_utils.GLOBAL_STEP):
+            found[name] = var
+    return found
 
 
 def build_inference_graph(config: ModelConfig) -> tf.Graph:

@@ -8,7 +8,8 @@
 2. pipeline: frame-level records parsed per second vs raw TFRecord reading;
 3. metrics: EvaluationMetrics on 100,000 videos x 3862 classes vs the starter
    code's heap-based way, seconds, peak memory and identical GAP/mAP;
-4. inference.py and 5. eval.py: videos/sec and peak memory.
+4. inference.py and 5. eval.py: videos/sec and peak memory;
+6. sweep: eval.py over 4 checkpoints in one run vs the 2018 shell loop of 4 runs.
 
 ``--quick`` shrinks every size (a smoke test of the benchmarks, ~1 minute);
 ``--mixed_precision`` adds a training row with that setting (the full run
@@ -37,10 +38,11 @@ from benchmarks import (  # noqa: E402
     metrics_bench,
     pipeline_bench,
     scripts_bench,
+    sweep_bench,
     training_bench,
 )
 
-SECTIONS = ("training", "pipeline", "metrics", "inference", "eval")
+SECTIONS = ("training", "pipeline", "metrics", "inference", "eval", "sweep")
 
 
 def _parse_args() -> argparse.Namespace:
@@ -102,6 +104,9 @@ def run(args: argparse.Namespace) -> dict:
                 results["inference"] = scripts_bench.inference(settings, train_dir, files)
             if "eval" in sections:
                 results["eval"] = scripts_bench.evaluation(settings, train_dir, files)
+    if "sweep" in sections:
+        with tempfile.TemporaryDirectory(prefix="yt8m-bench-sweep-") as train_dir:
+            results["sweep"] = sweep_bench.measure(settings, train_dir, files)
     return results
 
 
@@ -169,6 +174,14 @@ def table(results: dict) -> str:
             rows.append((f"{name}.py", f"{run['videos_per_sec']:.1f} videos/s "
                          f"({run['videos']} videos, {run['wall_seconds']:.1f} s wall incl. "
                          f"start-up), peak RSS {_mb(run['peak_rss_bytes'])}"))
+    if "sweep" in results:
+        sweep = results["sweep"]
+        rows.append((f"eval.py sweep of {sweep['checkpoints']} checkpoints vs the 2018 loop",
+                     f"{sweep['sweep_wall_seconds']:.1f} s vs {sweep['loop_wall_seconds']:.1f} s "
+                     f"wall: {sweep['speedup']:.2f}x ({sweep['videos']} videos, metrics "
+                     f"{'identical' if sweep['same_metrics'] else 'DIFFERENT'}), peak RSS "
+                     f"{_mb(sweep['sweep_peak_rss_bytes'])} vs "
+                     f"{_mb(sweep['loop_peak_rss_bytes'])}"))
     lines = ["| benchmark | result |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows]
     return "\n".join(lines)

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import avg_checkpoints
+import checkpoint_selection
 import checkpoint_utils
 from errors import UsageError
 from helpers import read_checkpoint, run_script
@@ -61,7 +62,7 @@ def _ckpt(run, step):
 @pytest.mark.parametrize("prefix_form", ["model.ckpt-", "model.ckpt", ""])
 def test_selection_forms_and_precedence(run, prefix_form):
     prefix = os.path.join(run, prefix_form) if prefix_form else run + "/"
-    select = avg_checkpoints.select_checkpoints
+    select = checkpoint_selection.select_checkpoints
     assert select(prefix, checkpoints="30,10") == [_ckpt(run, 30), _ckpt(run, 10)]
     # model.ckpt-25_copy2 has two numbers: skipped; 50 is outside the range.
     assert select(prefix, checkpoints_start_end="15,40") == [_ckpt(run, s) for s in (20, 30, 40)]
@@ -76,17 +77,17 @@ def test_selection_forms_and_precedence(run, prefix_form):
 def test_selection_errors_name_the_problem(run):
     prefix = os.path.join(run, "model.ckpt-")
     with pytest.raises(UsageError, match="model.ckpt-15 does not exist"):
-        avg_checkpoints.select_checkpoints(prefix, checkpoints="10,15,20")
+        checkpoint_selection.select_checkpoints(prefix, checkpoints="10,15,20")
     with pytest.raises(UsageError, match="checkpoints_start_end"):
-        avg_checkpoints.select_checkpoints(prefix, checkpoints_start_end="41,99")
+        checkpoint_selection.select_checkpoints(prefix, checkpoints_start_end="41,99")
     with pytest.raises(UsageError, match="checkpoints_start_end"):
-        avg_checkpoints.select_checkpoints(prefix, checkpoints_start_end="10")
+        checkpoint_selection.select_checkpoints(prefix, checkpoints_start_end="10")
     with pytest.raises(UsageError, match="only 4"):
-        avg_checkpoints.select_checkpoints(prefix, num_last_checkpoints=5)
+        checkpoint_selection.select_checkpoints(prefix, num_last_checkpoints=5)
     with pytest.raises(UsageError, match="--checkpoints"):
-        avg_checkpoints.select_checkpoints(prefix)
+        checkpoint_selection.select_checkpoints(prefix)
     with pytest.raises(UsageError, match="--prefix"):
-        avg_checkpoints.select_checkpoints("", checkpoints="10")
+        checkpoint_selection.select_checkpoints("", checkpoints="10")
 
 
 def test_average_is_float64_mean_in_each_dtype_without_optimizer_state(run, tmp_path):
@@ -109,7 +110,8 @@ def test_works_on_ram_filesystem(run):
     for step in (10, 20):
         for suffix in (".index", ".data-00000-of-00001"):
             tf.io.gfile.copy(_ckpt(run, step) + suffix, f"{ram}/model.ckpt-{step}{suffix}")
-    chosen = avg_checkpoints.select_checkpoints(ram + "/model.ckpt", checkpoints_start_end="0,99")
+    chosen = checkpoint_selection.select_checkpoints(ram + "/model.ckpt",
+                                                     checkpoints_start_end="0,99")
     assert chosen == [f"{ram}/model.ckpt-10", f"{ram}/model.ckpt-20"]
     output = checkpoint_utils.write_checkpoint(avg_checkpoints.average_checkpoints(chosen),
                                                ram + "/avg.ckpt")

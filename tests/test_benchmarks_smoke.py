@@ -56,3 +56,10 @@ def test_quick_run_writes_every_figure(tmp_path):
         assert run["videos"] == videos, script
         for key in ("videos_per_sec", "wall_seconds", "peak_rss_bytes"):
             assert _positive(run[key]), (script, key)
+
+    sweep = results["sweep"]
+    assert sweep["checkpoints"] == 4 and sweep["same_metrics"] is True
+    assert sweep["videos"] == videos // results["settings"]["shards"] * (
+        max(1, results["settings"]["shards"] // 4))
+    for key in ("loop_wall_seconds", "sweep_wall_seconds", "speedup", "sweep_peak_rss_bytes"):
+        assert _positive(sweep[key]), key

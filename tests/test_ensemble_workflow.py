@@ -25,7 +25,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-import avg_checkpoints
+import checkpoint_selection
 from helpers import (
     NETVLAD_FLAGS,
     NUM_CLASSES,
@@ -275,7 +275,7 @@ def test_average_selects_the_right_training_checkpoints(workflow):
     listed = [line.strip() for line in workflow.avg_output.splitlines() if line.startswith("  ")]
     assert listed == [f"{run}/model.ckpt-{s}" for s in (10, 20, 30)]
     # The run now also holds avg_*.ckpt-0 and inference_model_* checkpoints: not selected.
-    select = avg_checkpoints.select_checkpoints
+    select = checkpoint_selection.select_checkpoints
     assert select(run + "/", checkpoints_start_end="0,30") == [
         f"{run}/model.ckpt-{s}" for s in (0, 10, 20, 30)]
     assert select(f"{run}/model.ckpt", checkpoints="30,0") == [

@@ -120,7 +120,10 @@ def _drive() -> None:
     validate = f"--eval_data_pattern={DATA}/video/validate*.tfrecord"
     run_script(evaluate, "eval", validate, f"--train_dir={RUN}", "--run_once",
                "--checkpoint=model.ckpt-20.index", "--batch_size=5", *MODEL)
-    with tool_flags(avg_checkpoints.define_flags):
+    run_script(evaluate, "eval", validate, f"--train_dir={RUN}", "--checkpoints=10,30",
+               "--batch_size=5", *MODEL)
+    sweep_flags = ("checkpoints", "checkpoints_start_end", "num_last_checkpoints")
+    with tool_flags(avg_checkpoints.define_flags, hide=sweep_flags):
         parse(f"--prefix={RUN}/model.ckpt-", "--checkpoints_start_end=10,30",
               f"--output_path={RUN}/avg_10_30.ckpt")
         avg_checkpoints.main()
@@ -130,7 +133,7 @@ def _drive() -> None:
                f"--train_dir={ENS}", "--batch_size=4", "--max_steps=0", *ENSEMBLE)
     run_script(evaluate, "eval", f"--train_dir={ENS}", "--run_once", "--create_meta_only",
                *ENSEMBLE)
-    with tool_flags(overwrite_float16_ckpt.define_flags, hide=("train_dir",)):
+    with tool_flags(overwrite_float16_ckpt.define_flags, hide=("train_dir", "checkpoints")):
         parse(f"--train_dir={ENS}", "--inference_model=inference_model_0",
               "--out_name=inference_model_ensemble_ram",
               f"--checkpoints={RUN}/inference_model_avg_10_30.ckpt-0,{RUN}/inference_model_20")
@@ -175,6 +178,7 @@ def test_whole_workflow_on_ram_filesystem(tmp_path):
         for suffix in (".index", ".meta", ".data-00000-of-00001"):
             assert f"{RUN}/model.ckpt-{step}{suffix}" in files
     expected = [f"{RUN}/model_flags.json", f"{RUN}/checkpoint", f"{RUN}/inference_model_20.meta",
+                f"{RUN}/inference_model_10.index", f"{RUN}/inference_model_30.meta",
                 f"{RUN}/avg_10_30.ckpt-0.index", f"{RUN}/inference_model_avg_10_30.ckpt-0.meta",
                 f"{ENS}/inference_model_0.meta", f"{ENS}/inference_model_ensemble_ram-0.index",
                 f"{ENS}/inference_model.index", f"{OUT}/model.tgz",
@@ -186,7 +190,8 @@ def test_whole_workflow_on_ram_filesystem(tmp_path):
     assert not [p for p in files if "tmp" in p.rsplit("/", 1)[-1]], "temporary files left"
     # Eval printed its records; the held-out file stayed out of training.
     records = [json.loads(line) for line in lines if line.startswith("{")]
-    assert [r["global_step"] for r in records] == [20, 0]
+    assert [r["global_step"] for r in records] == [20, 10, 30, 0]
+    assert "python avg_checkpoints.py --prefix=ram://" in result.stdout  # the sweep's table
     assert all(0 <= r["gap"] <= 1 for r in records)
     assert "Training on 2 files" in result.stderr
     assert summary["model_flags"]["num_classes"] == NUM_CLASSES

@@ -3,10 +3,12 @@ progress with time left, and a --help of each script's own flags."""
 import collections
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
-from helpers import LOGISTIC_FLAGS, run_script
+from helpers import LOGISTIC_FLAGS, REPO, run_script
 
 START_UP_NOISE = ("absl::InitializeLog", "port.cc", "cudart_stub.cc", "cpu_feature_guard.cc",
                   "To enable the following instructions", "Restoring parameters from",
@@ -77,3 +79,20 @@ def test_help_lists_the_scripts_own_flags_by_group(script, has, lacks):
     groups = re.findall(r"^(\w+) flags:$", result.stdout, re.MULTILINE)
     assert groups and groups == sorted(groups, key=["data", "model", "training", "evaluation",
                                                     "output"].index)
+
+
+def test_demo_reads_well(tmp_path):
+    """README command 1: headings, no start-up noise, each warning once, a summary table."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(["bash", os.path.join(REPO, "run_demo.sh"), str(tmp_path / "demo")],
+                            env={**env, "PYTHON": sys.executable}, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _check_quiet(result.stderr)
+    headings = re.findall(r"^== (\d+)\. ", result.stderr, re.MULTILINE)
+    assert [int(h) for h in headings] == list(range(1, len(headings) + 1)) and len(headings) >= 10
+    summary = result.stdout[result.stdout.index("== Summary"):].splitlines()
+    gaps = [float(line.split("GAP ")[1]) for line in summary if " GAP " in line]
+    assert len(gaps) == 5 and all(0 < gap <= 1 for gap in gaps)
+    assert any("ensemble size" in line and "limit 1,073,741,824" in line for line in summary)
+    assert summary[-1].strip().endswith("submission.csv (200 videos)")
