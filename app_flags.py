@@ -305,7 +305,8 @@ def log_unused_flags(script: str) -> None:
 
 # What the model reads, though defined among the data and training flags.
 _GROUP.update({name: "model" for name in ("feature_names", "feature_sizes", "frame_features",
-                                          "num_classes", "max_frames", "model", "label_loss")})
+                                          "num_classes", "max_frames", "model", "label_loss",
+                                          "member_models")})
 
 
 def _flag_help(script: str, flag: flags.Flag) -> str:

@@ -106,7 +106,10 @@ def test_int8_weights_are_within_half_a_step_of_float32(ensembles):
         weights = full[name].reshape(-1, scales.size)
         np.testing.assert_allclose(scales, np.abs(weights).max(axis=0) / 127, rtol=1e-6)
         error = np.abs(int8[name].reshape(weights.shape) * scales - weights)
-        assert (error <= scales / 2 * (1 + 1e-5)).all(), name
+        # Half a step, plus the float32 rounding of w / scale and of q * scale (a weight
+        # right at a rounding boundary): two ulps of the column's largest weight.
+        rounding = np.abs(weights).max(axis=0) * 2.0 ** -22
+        assert (error <= scales / 2 + rounding).all(), (name, (error - scales / 2).max())
     for name, value in full.items():  # everything else is copied unchanged
         if name not in quantised:
             np.testing.assert_array_equal(int8[name], value, err_msg=name)
