@@ -39,6 +39,7 @@ import tensorflow as tf
 from absl import logging
 from google.protobuf import text_format
 
+import run_lock
 from errors import UsageError, disk_full_message
 
 gfile = tf.io.gfile
@@ -345,15 +346,7 @@ def _live_writer(directory: str, token: str) -> bool:
     if "://" in directory:
         return False
     pid = int(token[:8], 16)
-    if pid == os.getpid() or pid == 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid not in (0, os.getpid()) and run_lock.process_alive(pid)
 
 
 def repair_checkpoint(path: str) -> None:

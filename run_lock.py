@@ -24,7 +24,8 @@ def _is_local(directory: str) -> bool:
     return "://" not in directory
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True when process ``pid`` of this machine exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -71,7 +72,7 @@ class RunLock:
         if owner is None:  # being written this instant, or unreadable: treat as held
             owner = {"host": "?", "pid": "?"}
         same_host = owner.get("host") == me["host"]
-        if same_host and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
+        if same_host and isinstance(owner.get("pid"), int) and not process_alive(owner["pid"]):
             logging.warning("Taking over %s, left by process %s on %s, which is gone.",
                             self.path, owner["pid"], owner["host"])
             try:
