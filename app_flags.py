@@ -290,11 +290,6 @@ def set_script_defaults(script: str) -> None:
         FLAGS.set_default(name, default)
 
 
-def script_flags(script: str) -> List[flags.Flag]:
-    """The flags ``script`` reads, for its --help."""
-    return [FLAGS[name] for name, users in _USERS.items() if script in users]
-
-
 def log_unused_flags(script: str) -> None:
     """Logs once which flags given on the command line this script ignores."""
     unused = sorted(name for name, users in _USERS.items()
