@@ -21,7 +21,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Tuple
 
 import tensorflow as tf
 from absl import logging
@@ -397,7 +397,7 @@ def _run(tg: TrainGraph, task: cluster.Task, train_dir: str, checkpoint: str | N
             schedule = CheckpointSchedule(int(sess.run(tg.global_step)) if checkpoint else None,
                                           training.export_model_steps,
                                           training.save_checkpoint_secs)
-        steps_run, step = _train_loop(sess, tg, train_dir, schedule, stop, tg.files)
+        steps_run, step = _train_loop(sess, tg, train_dir, schedule, stop)
         if schedule:
             step = _finish_as_chief(sess, tg, train_dir, schedule, stop, task)
             if stop.requested:
@@ -459,11 +459,11 @@ def _diverged(what: str, train_dir: str) -> UsageError:
 
 
 def _train_loop(sess, tg: TrainGraph, train_dir: str, schedule: CheckpointSchedule | None,
-                stop: _StopRequest, files: Sequence[str] = ()) -> Tuple[int, int]:
+                stop: _StopRequest) -> Tuple[int, int]:
     """Trains until --max_steps, the end of the data or SIGTERM: (steps run here, global step).
 
     Only the chief (with a ``schedule``) writes checkpoints and summaries.  Data
-    that ends before the first step (``files`` hold no records) is an error.
+    that ends before the first step (the files hold no records) is an error.
     """
     max_steps = tg.training.max_steps
     # The pid in the name: two processes never append to one event file.
@@ -483,7 +483,7 @@ def _train_loop(sess, tg: TrainGraph, train_dir: str, schedule: CheckpointSchedu
             except tf.errors.OutOfRangeError:
                 if steps_run == 0:
                     raise UsageError(readers.no_records_message(
-                        files, "train_data_pattern")) from None
+                        tg.files, "train_data_pattern")) from None
                 logging.info("Done: %d epochs of training data read.", tg.training.num_epochs)
                 break
             previous_step, step, loss = step, int(values[0]), float(values[1])
