@@ -115,6 +115,14 @@ _define("string", "optimizer", _TRAINING.optimizer,
         "Optimizer class from tf.compat.v1.train.", (TRAIN,))
 _define("float", "clip_gradient_norm", _TRAINING.clip_gradient_norm,
         "Per-tensor gradient norm clip; <= 0 disables clipping.", (TRAIN,))
+_define("string", "teacher_predictions", _TRAINING.teacher_predictions,
+        "Distillation: a teacher's predictions of the training files, written by inference.py "
+        "--output_teacher_dir (one shard per file, same base name).", (TRAIN,))
+_define("float", "distillation_weight", _TRAINING.distillation_weight,
+        "Distillation: loss = (1 - w) * loss(labels) + w * T^2 * loss(teacher) at "
+        "temperature T.", (TRAIN,))
+_define("float", "distillation_temperature", _TRAINING.distillation_temperature,
+        "Distillation: temperature T of both predictions in the teacher term.", (TRAIN,))
 _define("bool", "log_device_placement", _TRAINING.log_device_placement,
         "Log where ops run.", (TRAIN,))
 _define("bool", "export_saved_model", _TRAINING.export_saved_model,
@@ -181,6 +189,10 @@ _define("string", "untar_model_dir", "",
 _define("string", "inference_model_file", "inference_model",
         "Name of the inference checkpoint in train_dir.", (INFERENCE,))
 _define("string", "output_file", "", "Submission CSV to write.", (INFERENCE,))
+_define("string", "output_teacher_dir", "",
+        "Also (or instead of the CSV) write each video's --top_k classes and scores here, "
+        "one TFRecord shard per input file, as the teacher of train.py "
+        "--teacher_predictions (reads the files one at a time).", (INFERENCE,))
 _define("string", "output_model_tgz", "",
         "Also pack the inference model into this .tgz.", (INFERENCE,))
 

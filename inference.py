@@ -3,6 +3,11 @@
     python inference.py --train_dir=RUN --input_data_pattern=DATA/frame/test*.tfrecord \\
         --output_file=RUN/predictions.csv [--output_model_tgz=RUN/model.tgz]
     python inference.py --input_model_tgz=model.tgz --input_data_pattern=... --output_file=...
+    python inference.py --train_dir=TEACHER --input_data_pattern=DATA/frame/train*.tfrecord \\
+        --output_teacher_dir=TEACHER/predictions --top_k=100
+
+The last form writes a teacher's predictions for train.py --teacher_predictions
+(see teacher.py).
 
 The model is RUN/<--inference_model_file>.meta (written by eval.py) restored
 from the same name; the records are fed straight into its ``input_batch_raw``
@@ -15,6 +20,7 @@ import io
 import os
 import tarfile
 import uuid
+from dataclasses import dataclass
 from typing import List
 
 import tensorflow as tf
@@ -31,6 +37,7 @@ import model_graph
 import progress
 import readers
 import submission
+import teacher
 from errors import UsageError
 
 
@@ -121,13 +128,16 @@ def batch_rows(batch: dict, duplicates: submission.DuplicateIds,
 
 
 def run_inference() -> None:
-    output_file = app_flags.value("output_file")
-    if not output_file:
-        raise UsageError("--output_file is required")
+    output_file, teacher_dir = app_flags.value("output_file"), app_flags.value("output_teacher_dir")
+    if not (output_file or teacher_dir):
+        raise UsageError("--output_file is required (or --output_teacher_dir)")
     batch_size, top_k = app_flags.positive("batch_size"), app_flags.positive("top_k")
     if not app_flags.value("input_data_pattern"):
         raise UsageError("--input_data_pattern is required")
-    checkpoint_utils.check_writable(output_file, "output_file")
+    if output_file:
+        checkpoint_utils.check_writable(output_file, "output_file")
+    if teacher_dir:
+        checkpoint_utils.check_writable(teacher_dir, "output_teacher_dir", is_directory=True)
     if app_flags.value("output_model_tgz"):
         checkpoint_utils.check_writable(app_flags.value("output_model_tgz"), "output_model_tgz")
     _check_model_flags()
@@ -136,15 +146,23 @@ def run_inference() -> None:
         if app_flags.value("input_model_tgz") and not untar_dir:
             untar_dir = stack.enter_context(export.private_temp_dir("tgz"))
         model_dir, name = locate_model(untar_dir)
-        write_predictions(model_dir, name, output_file, batch_size, top_k)
+        write_predictions(model_dir, name, Outputs(output_file, teacher_dir), batch_size, top_k)
         if app_flags.value("output_model_tgz"):
             export.write_model_tgz(model_dir, name, app_flags.value("output_model_tgz"))
             logging.info("Wrote the model to %s", app_flags.value("output_model_tgz"))
 
 
-def write_predictions(model_dir: str, name: str, output_file: str, batch_size: int,
+@dataclass
+class Outputs:
+    """What inference writes: the CSV, the teacher shards, or both."""
+
+    csv_file: str = ""
+    teacher_dir: str = ""
+
+
+def write_predictions(model_dir: str, name: str, outputs: Outputs, batch_size: int,
                       top_k: int) -> None:
-    """Runs model ``model_dir/name`` over --input_data_pattern into the CSV ``output_file``."""
+    """Runs model ``model_dir/name`` over --input_data_pattern into ``outputs``."""
     stored = model_config.read_json(model_dir)
     if stored is None:
         raise UsageError(f"{model_config.json_path(model_dir)} not found: the model's "
@@ -156,9 +174,11 @@ def write_predictions(model_dir: str, name: str, output_file: str, batch_size: i
         tf.io.gfile.GFile(os.path.join(model_dir, name + ".meta"), "rb").read())
     graph = tf.Graph()
     with graph.as_default():
+        # Teacher shards are written one after the other: files are read in turn.
+        readers_count = 1 if outputs.teacher_dir else app_flags.positive("num_readers")
         dataset = input_pipeline.dataset_for(
             config.data, files, batch_size, shuffle=False, num_epochs=1,
-            num_readers=app_flags.positive("num_readers"),
+            num_readers=readers_count,
             skip_corrupt_records=app_flags.value("skip_corrupt_records"), allow_no_frames=True)
         batch = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
         input_map = {
@@ -176,28 +196,43 @@ def write_predictions(model_dir: str, name: str, output_file: str, batch_size: i
                    "classes": top_classes,
                    "finite": tf.reduce_all(tf.math.is_finite(predictions), axis=1)}
     graph.finalize()
-    tmp = f"{output_file}.tmp-{uuid.uuid4().hex}"
     tracker = progress.Progress("inference", progress.count_records(files),
                                 max(app_flags.value("progress_interval_secs"), 0.0))
     duplicates, no_frames = submission.DuplicateIds(), submission.Tally()
+    tmp = f"{outputs.csv_file}.tmp-{uuid.uuid4().hex}" if outputs.csv_file else ""
+    shards = teacher.ShardWriter(outputs.teacher_dir) if outputs.teacher_dir else None
     try:
-        with tf.compat.v1.Session(graph=graph) as sess, tf.io.gfile.GFile(tmp, "w") as out:
+        with tf.compat.v1.Session(graph=graph) as sess, contextlib.ExitStack() as stack:
+            out = stack.enter_context(tf.io.gfile.GFile(tmp, "w")) if tmp else None
             saver.restore(sess, os.path.join(model_dir, name))
-            out.write(submission.CSV_HEADER)
+            if out:
+                out.write(submission.CSV_HEADER)
             while True:
                 try:
                     values = sess.run(fetches)
                 except tf.errors.OutOfRangeError:
                     break
-                out.write(batch_rows(values, duplicates, no_frames))
+                rows = batch_rows(values, duplicates, no_frames)
+                if out:
+                    out.write(rows)
+                if shards:
+                    shards.add(values["file_names"], values["video_ids"], values["classes"],
+                               values["scores"])
                 tracker.add(len(values["video_ids"]))
         duplicates.check("input_data_pattern")
-        tf.io.gfile.rename(tmp, output_file, overwrite=True)
+        if shards:
+            shards.finish(files)
+        if tmp:
+            tf.io.gfile.rename(tmp, outputs.csv_file, overwrite=True)
     finally:
-        if tf.io.gfile.exists(tmp):
+        if shards:
+            shards.abandon()
+        if tmp and tf.io.gfile.exists(tmp):
             tf.io.gfile.remove(tmp)
-    logging.info("Wrote %d videos to %s (%.1f videos/sec).", tracker.done, output_file,
-                 tracker.rate())
+    for target in (outputs.csv_file, outputs.teacher_dir):
+        if target:
+            logging.info("Wrote %d videos to %s (%.1f videos/sec).", tracker.done, target,
+                         tracker.rate())
     if no_frames.count:
         logging.warning("%d video(s) have no frames (e.g. %s): their rows score one all-zero "
                         "frame, as the 2018 code scored their zero padding.", no_frames.count,

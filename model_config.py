@@ -230,6 +230,9 @@ class TrainingConfig:
     export_saved_model: bool = False
     saved_model_signature: str = "toolkit"
     log_device_placement: bool = False
+    teacher_predictions: str = ""
+    distillation_weight: float = 0.5
+    distillation_temperature: float = 1.0
 
     def validate(self) -> None:
         for name in ("batch_size", "num_readers", "num_epochs", "export_model_steps", "num_gpu"):
@@ -245,6 +248,9 @@ class TrainingConfig:
         _finite_at_least("clip_gradient_norm", self.clip_gradient_norm, -math.inf)
         _one_of("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _one_of("saved_model_signature", self.saved_model_signature, ("toolkit", "2018"))
+        if not 0.0 <= self.distillation_weight <= 1.0:
+            raise UsageError(f"--distillation_weight={self.distillation_weight} must be in [0, 1]")
+        _finite_positive("distillation_temperature", self.distillation_temperature)
 
 
 TRAINING_FIELDS = tuple(f.name for f in dataclasses.fields(TrainingConfig))

@@ -36,15 +36,22 @@ def validate(config: ModelConfig) -> None:
         registry.member_arguments(member)
 
 
-def label_loss(loss: losses.BaseLoss, predictions: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-    """The label loss of (possibly mixed) predictions.
+def label_loss(loss: losses.BaseLoss, predictions: tf.Tensor, labels: tf.Tensor,
+               teacher: tf.Tensor | None = None, distillation_weight: float = 0.0,
+               temperature: float = 1.0) -> tf.Tensor:
+    """The label loss of (possibly mixed) predictions; with ``teacher`` predictions, mixed
+    with the loss against them (losses.distillation_loss).
 
     Ensemble weights need not sum to 1 (the 2018 workflow trains its ensemble
     graph with the default weight 1.0 per model), so mixed predictions may
     exceed 1; they are clipped to [0, 1] here, where a single model's sigmoid
     outputs are unchanged.
     """
-    return loss.calculate_loss(tf.clip_by_value(predictions, 0.0, 1.0), labels)
+    predictions = tf.clip_by_value(predictions, 0.0, 1.0)
+    if teacher is None:
+        return loss.calculate_loss(predictions, labels)
+    return losses.distillation_loss(loss, predictions, labels, teacher, distillation_weight,
+                                    temperature)
 
 
 @dataclass

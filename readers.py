@@ -9,7 +9,7 @@ with a message that starts with :data:`DATA_ERROR` and names the feature, the
 video ids and the file; :func:`data_error_message` extracts it from the
 TensorFlow error for a one-line report.
 """
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Protocol, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -47,8 +47,8 @@ def _join_first(values: tf.Tensor) -> tf.Tensor:
     return tf.strings.reduce_join(values[:_MAX_NAMED], separator=", ")
 
 
-def _checks(conditions: Sequence[Tuple[tf.Tensor, str]], video_ids: tf.Tensor,
-            file_names: tf.Tensor | None) -> List[tf.Operation]:
+def checks(conditions: Sequence[Tuple[tf.Tensor, str]], video_ids: tf.Tensor,
+           file_names: tf.Tensor | None) -> List[tf.Operation]:
     """Asserts, run in the given order, each failing with its text and naming the
     videos (and files) where its [B] bool condition is False."""
     asserts = []
@@ -174,9 +174,9 @@ class _BaseReader:
         ids, rows = labels.flat_values, tf.cast(labels.value_rowids(), tf.int64)
         batch = tf.shape(video_ids, out_type=tf.int64)[0]
         in_range = _all_in_rows(tf.logical_and(ids >= 0, ids < self.num_classes), rows, batch)
-        checks = _checks([(in_range, f"label id outside [0, {self.num_classes}) (--num_classes)")],
+        asserts = checks([(in_range, f"label id outside [0, {self.num_classes}) (--num_classes)")],
                          video_ids, file_names)
-        with tf.control_dependencies(checks):
+        with tf.control_dependencies(asserts):
             indices = tf.stack([rows, ids], axis=1)
         return tf.scatter_nd(indices, tf.ones_like(ids, tf.int32),
                              tf.stack([batch, self.num_classes])) > 0
@@ -211,9 +211,9 @@ class YT8MAggregatedFeatureReader(_BaseReader):
         finite = [(_all_in_rows(tf.math.is_finite(parsed[name].flat_values),
                                 parsed[name].value_rowids(), batch),
                    f"feature {name} has NaN or Inf values") for name in self.feature_names]
-        checks = _checks(self._record_conditions(serialized, video_ids) + sizes + finite,
+        asserts = checks(self._record_conditions(serialized, video_ids) + sizes + finite,
                          video_ids, file_names)
-        with tf.control_dependencies(checks):
+        with tf.control_dependencies(asserts):
             video_matrix = tf.concat(
                 [tf.reshape(parsed[name].flat_values, [-1, size])
                  for name, size in zip(self.feature_names, self.feature_sizes, strict=True)],
@@ -290,7 +290,7 @@ class YT8MFrameFeatureReader(_BaseReader):
             values = self._truncated(sequences[name])
             conditions += self._frame_conditions(serialized, name, size, values, num_frames)
             decoded.append(values.flat_values)
-        with tf.control_dependencies(_checks(conditions, video_ids, file_names)):
+        with tf.control_dependencies(checks(conditions, video_ids, file_names)):
             quantized = tf.concat(
                 [tf.io.decode_raw(flat, tf.uint8) for flat in decoded], axis=1)
         # Dequantized before padding, so padded rows are exact zeros.
@@ -466,32 +466,52 @@ def _file_records(file_name: tf.Tensor, skip_corrupt_records: bool) -> tf.data.D
     return marked.scan((zero, zero), step).unbatch()
 
 
+class Companion(Protocol):
+    """Records read in step with each data file (e.g. teacher.TeacherShards)."""
+
+    def join(self, records: tf.data.Dataset, data_file: tf.Tensor) -> tf.data.Dataset:
+        """(record, file name) pairs of one file -> (record, file name, companion record)."""
+
+    def parse(self, companion_records: tf.Tensor,
+              parsed: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        """The batch's companion records -> tensors added to the reader's dict."""
+
+
 def build_dataset(reader: Reader, files: Sequence[str], batch_size: int, *, shuffle: bool,
                   num_epochs: int | None, num_readers: int,
                   skip_corrupt_records: bool = False,
-                  seed: int | None = None) -> tf.data.Dataset:
+                  seed: int | None = None,
+                  companion: Companion | None = None) -> tf.data.Dataset:
     """Batches of parsed videos (the reader's dict, plus each video's "file_names") from `files`.
 
     Without `shuffle` the order is deterministic: files in the given order,
     interleaved record by record across `num_readers` files.  With it, the
     file order is shuffled each epoch and records pass a shuffle buffer of 4
     batches.  The last partial batch is kept.  `num_epochs=None` repeats forever.
+    A `companion` adds what it reads beside each file to every video.
     """
     if not files:
         raise UsageError("no data files to read")
     if batch_size < 1 or num_readers < 1:
         raise UsageError(f"--batch_size={batch_size} and --num_readers={num_readers} "
                          "must be positive")
+
+    def file_records(file_name):
+        records = _file_records(file_name, skip_corrupt_records)
+        return companion.join(records, file_name) if companion else records
+
+    def parse(records, names, *extra):
+        parsed = {**reader.prepare_serialized_examples(records, names), "file_names": names}
+        return {**parsed, **companion.parse(extra[0], parsed)} if companion else parsed
+
     dataset = tf.data.Dataset.from_tensor_slices(list(files))
     if shuffle:
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.repeat(num_epochs).interleave(
-        lambda f: _file_records(f, skip_corrupt_records), cycle_length=num_readers,
+        file_records, cycle_length=num_readers,
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
     if shuffle:
         dataset = dataset.shuffle(4 * batch_size, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size).map(
-        lambda records, names: {**reader.prepare_serialized_examples(records, names),
-                                "file_names": names},
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+        parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -40,6 +40,7 @@ import readers
 import registry
 import run_lock
 import serving_export
+import teacher
 from errors import UsageError
 from model_config import ModelConfig, TrainingConfig
 
@@ -170,7 +171,8 @@ def build_training_graph(config: ModelConfig, training: TrainingConfig, files: L
                 config.data, files, batch_size * len(devices), shuffle=True,
                 num_epochs=training.num_epochs, require_labels=True, seed=seed,
                 num_readers=training.num_readers,
-                skip_corrupt_records=training.skip_corrupt_records)
+                skip_corrupt_records=training.skip_corrupt_records,
+                teacher_dir=training.teacher_predictions)
             if dataset_transform is not None:
                 dataset = dataset_transform(dataset)
             batch = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
@@ -181,13 +183,15 @@ def build_training_graph(config: ModelConfig, training: TrainingConfig, files: L
 
         labels = tf.cast(batch["labels"], tf.float32)
         total = tf.cast(tf.shape(labels)[0], tf.float32)
+        teachers = (_split(batch[teacher.TEACHER_KEY], len(devices))
+                    if training.teacher_predictions else [None] * len(devices))
         inputs = zip(_split(batch["video_matrix"], len(devices)),
                      _split(batch["num_frames"], len(devices)),
-                     _split(labels, len(devices)), strict=True)
+                     _split(labels, len(devices)), teachers, strict=True)
         tower_grads, tower_weights, tower_losses, tower_predictions = [], [], [], []
         tower_inputs = []
-        for index, (device, (video, frames, tower_labels)) in enumerate(zip(devices, inputs,
-                                                                             strict=True)):
+        for index, (device, (video, frames, tower_labels, tower_teacher)) in enumerate(
+                zip(devices, inputs, strict=True)):
             with _tower_scope(device):
                 outputs = model_graph.build_predictions(video, frames, config, is_training=True,
                                                         reuse=index > 0)
@@ -199,8 +203,9 @@ def build_training_graph(config: ModelConfig, training: TrainingConfig, files: L
                     update_ops = outputs.update_ops
                     variables = tf.compat.v1.trainable_variables()
                 count = tf.cast(tf.shape(tower_labels)[0], tf.float32)
-                label_loss = model_graph.label_loss(label_loss_fn, outputs.predictions,
-                                                    tower_labels)
+                label_loss = model_graph.label_loss(
+                    label_loss_fn, outputs.predictions, tower_labels, tower_teacher,
+                    training.distillation_weight, training.distillation_temperature)
                 label_loss = tf.where(count > 0, label_loss, 0.0)  # an empty last-batch tower
                 loss = label_loss + training.regularization_penalty * regularization
                 tower_grads.append(optimizer.compute_gradients(loss, variables))
@@ -350,6 +355,8 @@ def train() -> None:
     files = task.shard_files(readers.resolve_data_files(
         app_flags.value("train_data_pattern"), app_flags.value("exclude_data_pattern"),
         flag_name="train_data_pattern"))
+    if training.teacher_predictions:
+        teacher.check_shards(training.teacher_predictions, files, "teacher_predictions")
     tg = build_training_graph(config, training, files, task)
     logging.info("Training on %d files: %s%s", len(files), ", ".join(files[:3]),
                  " ..." if len(files) > 3 else "")
