@@ -421,6 +421,53 @@ class GruModel(BaseRecurrentModel):
         return rnn_cells.GRUCell(num_units)
 
 
+def _nextvlad_branch(model_input: tf.Tensor, vocab_size: int, num_frames: tf.Tensor,
+                     is_training: bool, cluster_size: int, hidden_size: int, groups: int,
+                     expansion: int, drop_rate: float, gating_reduction: int,
+                     float16_flag: bool, classifier: str, params: Dict[str, Any],
+                     stream_scopes: Tuple[str, str] = ("video_VLAD", "audio_VLAD")) -> Outputs:
+    """One NeXtVLAD network in the current scope: NeXtVLAD on rgb and audio (in
+    ``stream_scopes``), dropout, ``hidden1_weights`` + ``hidden1_bn`` (no relu), SE context
+    gating, classifier (``params`` and ``float16_flag`` go to it)."""
+    vlad = _nextvlad_aggregate(model_input, num_frames, cluster_size, groups, expansion,
+                               is_training, float16_flag, stream_scopes)
+    if is_training and drop_rate > 0:
+        vlad = tf.nn.dropout(vlad, rate=drop_rate, name="vlad_dropout")
+    hidden1_weights = layers_fp16.variance_scaling_weight(
+        "hidden1_weights", [int(vlad.shape[-1]), hidden_size], float16_flag)
+    activation = layers_fp16.batch_norm(core_fp16.matmul_last_axis(vlad, hidden1_weights),
+                                        is_training, "hidden1_bn")
+    try:
+        activation = layers_fp16.se_context_gating(activation, gating_reduction,
+                                                   is_training, float16_flag)
+    except ValueError as e:
+        raise UsageError(f"--gating_reduction={gating_reduction}: {e}") from None
+    return _classify(activation, vocab_size, is_training, classifier,
+                     dict(params, float16_flag=float16_flag))
+
+
+def _nextvlad_aggregate(model_input: tf.Tensor, num_frames: tf.Tensor, cluster_size: int,
+                        groups: int, expansion: int, is_training: bool, float16_flag: bool,
+                        stream_scopes: Tuple[str, str]) -> tf.Tensor:
+    """[rgb NeXtVLAD, audio NeXtVLAD] of every (unpadded) frame: [B, vlad size]."""
+    mask = tf.sequence_mask(tf.reshape(num_frames, [-1]), int(model_input.shape[1]),
+                            dtype=tf.float32)
+    video, audio = tf.split(model_input, [VIDEO_FEATURE_SIZE, AUDIO_FEATURE_SIZE], axis=2)
+    outputs = []
+    video_scope, audio_scope = stream_scopes
+    for scope, frames, size, clusters, stream_groups in (
+            (video_scope, video, VIDEO_FEATURE_SIZE, cluster_size, groups),
+            (audio_scope, audio, AUDIO_FEATURE_SIZE, cluster_size // 2, groups // 2)):
+        try:
+            block = pooling.NeXtVLAD(size, clusters, expansion, stream_groups, is_training,
+                                     float16_flag)
+        except ValueError as e:
+            raise UsageError(f"--expansion={expansion} --groups={groups}: {e}") from None
+        with _V1.variable_scope(scope):
+            outputs.append(block.forward(frames, mask))
+    return tf.concat(outputs, 1)
+
+
 @registry.model
 class NeXtVLADModel:
     """NeXtVLAD (Lin, Xiao, Fan 2018, the 3rd-place single model): NeXtVLAD on all rgb
@@ -442,21 +489,9 @@ class NeXtVLADModel:
                      video_level_classifier_model: str = "MoeModel", **params) -> Outputs:
         """``params`` go to the classifier, with ``float16_flag``."""
         _check_frame_features(model_input, "NeXtVLADModel")
-        vlad = self._aggregate(model_input, num_frames, cluster_size, groups, expansion,
-                               is_training, float16_flag)
-        if is_training and drop_rate > 0:
-            vlad = tf.nn.dropout(vlad, rate=drop_rate, name="vlad_dropout")
-        hidden1_weights = layers_fp16.variance_scaling_weight(
-            "hidden1_weights", [int(vlad.shape[-1]), hidden_size], float16_flag)
-        activation = layers_fp16.batch_norm(core_fp16.matmul_last_axis(vlad, hidden1_weights),
-                                            is_training, "hidden1_bn")
-        try:
-            activation = layers_fp16.se_context_gating(activation, gating_reduction,
-                                                       is_training, float16_flag)
-        except ValueError as e:
-            raise UsageError(f"--gating_reduction={gating_reduction}: {e}") from None
-        return _classify(activation, vocab_size, is_training, video_level_classifier_model,
-                         dict(params, float16_flag=float16_flag))
+        return _nextvlad_branch(model_input, vocab_size, num_frames, is_training, cluster_size,
+                                hidden_size, groups, expansion, drop_rate, gating_reduction,
+                                float16_flag, video_level_classifier_model, params)
 
     @staticmethod
     def parameter_count(vocab_size: int, cluster_size: int = 64, hidden_size: int = 1024,
@@ -483,24 +518,3 @@ class NeXtVLADModel:
             classifier = (hidden_size * vocab_size * (2 * num_mixtures + 1)
                           + vocab_size * num_mixtures)
         return video + audio + top + classifier
-
-    @staticmethod
-    def _aggregate(model_input: tf.Tensor, num_frames: tf.Tensor, cluster_size: int,
-                   groups: int, expansion: int, is_training: bool,
-                   float16_flag: bool) -> tf.Tensor:
-        """[rgb NeXtVLAD, audio NeXtVLAD] of every (unpadded) frame: [B, vlad size]."""
-        mask = tf.sequence_mask(tf.reshape(num_frames, [-1]), int(model_input.shape[1]),
-                                dtype=tf.float32)
-        video, audio = tf.split(model_input, [VIDEO_FEATURE_SIZE, AUDIO_FEATURE_SIZE], axis=2)
-        outputs = []
-        for scope, frames, size, clusters, stream_groups in (
-                ("video_VLAD", video, VIDEO_FEATURE_SIZE, cluster_size, groups),
-                ("audio_VLAD", audio, AUDIO_FEATURE_SIZE, cluster_size // 2, groups // 2)):
-            try:
-                block = pooling.NeXtVLAD(size, clusters, expansion, stream_groups, is_training,
-                                         float16_flag)
-            except ValueError as e:
-                raise UsageError(f"--expansion={expansion} --groups={groups}: {e}") from None
-            with _V1.variable_scope(scope):
-                outputs.append(block.forward(frames, mask))
-        return tf.concat(outputs, 1)
