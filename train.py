@@ -199,8 +199,7 @@ def build_training_graph(config: ModelConfig, training: TrainingConfig, files: L
                     update_ops = outputs.update_ops
                     variables = tf.compat.v1.trainable_variables()
                 count = tf.cast(tf.shape(tower_labels)[0], tf.float32)
-                label_loss = model_graph.label_loss(label_loss_fn, outputs.predictions,
-                                                    tower_labels)
+                label_loss = model_graph.training_loss(label_loss_fn, outputs, tower_labels)
                 label_loss = tf.where(count > 0, label_loss, 0.0)  # an empty last-batch tower
                 loss = label_loss + training.regularization_penalty * regularization
                 tower_grads.append(optimizer.compute_gradients(loss, variables))
