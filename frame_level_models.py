@@ -17,6 +17,7 @@ import tensorflow as tf
 
 import core_fp16
 import layers_fp16
+import losses
 import model_utils
 import pooling
 import registry
@@ -518,3 +519,80 @@ class NeXtVLADModel:
             classifier = (hidden_size * vocab_size * (2 * num_mixtures + 1)
                           + vocab_size * num_mixtures)
         return video + audio + top + classifier
+
+
+@registry.model
+class MixNeXtVLADModel:
+    """The 3rd-place YouTube-8M 2018 model (Lin, Xiao, Fan 2018): ``mix_number`` NeXtVLAD
+    networks (scopes ``branch_0``, ``branch_1``, ...; each with its own ``video_vlad``,
+    ``audio_vlad``, hidden layer, gating and classifier) whose class logits z_m are mixed
+    by per-video weights w = softmax(``mix_weights``(BN_``mix_weights_bn``(frame mean)))
+    into z = sum_m w_m z_m; the prediction is sigmoid(z).
+
+    A training graph also returns each branch's predictions (``branch_predictions``, each
+    trained against the labels) and ``auxiliary_loss`` = ``cl_lambda`` x the distillation
+    of the mixture into every branch at temperature ``cl_temperature``
+    (losses.ensemble_distillation_loss).  The logits are a LogisticModel classifier's own
+    (the public code's classifier); another classifier's are logit(p).
+    """
+
+    SETTINGS = {**NeXtVLADModel.SETTINGS, "mix_number": "mix_number",
+                "cl_temperature": "cl_temperature", "cl_lambda": "cl_lambda"}
+
+    def create_model(self, model_input: tf.Tensor, vocab_size: int, num_frames: tf.Tensor,
+                     is_training: bool = True, mix_number: int = 3,
+                     cl_temperature: float = 2.0, cl_lambda: float = 1.0,
+                     cluster_size: int = 64, hidden_size: int = 1024, groups: int = 8,
+                     expansion: int = 2, drop_rate: float = 0.5, gating_reduction: int = 8,
+                     float16_flag: bool = False,
+                     video_level_classifier_model: str = "MoeModel", **params) -> Outputs:
+        """``params`` go to every branch's classifier, with ``float16_flag``."""
+        _check_frame_features(model_input, "MixNeXtVLADModel")
+        if mix_number < 1:
+            raise UsageError(f"--mix_number={mix_number} must be at least 1")
+        weights = self._mix_weights(model_input, mix_number, is_training)  # [B, M]
+        branches = []
+        for index in range(mix_number):
+            with _V1.variable_scope(f"branch_{index}"):
+                branches.append(_nextvlad_branch(
+                    model_input, vocab_size, num_frames, is_training, cluster_size,
+                    hidden_size, groups, expansion, drop_rate, gating_reduction, float16_flag,
+                    video_level_classifier_model, params, ("video_vlad", "audio_vlad")))
+        logits = tf.stack([_logits(branch) for branch in branches], axis=1)  # [B, M, C]
+        mixed = tf.reduce_sum(weights[:, :, None] * logits, axis=1)
+        result = {"predictions": tf.sigmoid(mixed)}
+        if is_training:
+            result["branch_predictions"] = [branch["predictions"] for branch in branches]
+            result["auxiliary_loss"] = cl_lambda * losses.ensemble_distillation_loss(
+                mixed, logits, cl_temperature)
+        return result
+
+    @staticmethod
+    def _mix_weights(model_input: tf.Tensor, mix_number: int, is_training: bool) -> tf.Tensor:
+        """softmax over the branches of ``mix_weights`` (weights and biases) applied to the
+        batch-normalised (``mix_weights_bn``) mean of all max_frames rows, padding included
+        as in the public code."""
+        frame_mean = layers_fp16.batch_norm(tf.reduce_mean(model_input, axis=1), is_training,
+                                            "mix_weights_bn")
+        stddev = layers_fp16.variance_scaling_stddev([int(frame_mean.shape[-1]), mix_number])
+        return tf.nn.softmax(layers_fp16.fully_connected(
+            frame_mean, mix_number, activation_fn=None, scope="mix_weights",
+            weights_initializer=_V1.truncated_normal_initializer(stddev=stddev)), axis=-1)
+
+    @staticmethod
+    def parameter_count(vocab_size: int, mix_number: int = 3, cluster_size: int = 64,
+                        hidden_size: int = 1024, groups: int = 8, expansion: int = 2,
+                        gating_reduction: int = 8, num_mixtures: int | None = 5) -> int:
+        """``mix_number`` NeXtVLAD networks plus the mixing weights' batch norm and layer
+        (trainable parameters; ``num_mixtures=None`` counts LogisticModel classifiers)."""
+        branch = NeXtVLADModel.parameter_count(vocab_size, cluster_size, hidden_size, groups,
+                                               expansion, gating_reduction, num_mixtures)
+        return (mix_number * branch + 2 * FRAME_FEATURE_SIZE
+                + FRAME_FEATURE_SIZE * mix_number + mix_number)
+
+
+def _logits(outputs: Outputs) -> tf.Tensor:
+    """A classifier's logits: its own when it returns them, else logit(predictions)."""
+    if "logits" in outputs:
+        return tf.cast(outputs["logits"], tf.float32)
+    return losses.logit(outputs["predictions"])
