@@ -245,6 +245,10 @@ _SETTING_HELP = {
     "expansion": "NeXtVLAD expansion factor of the frame features.",
     "drop_rate": "NeXtVLAD dropout rate after the aggregation (training only).",
     "gating_reduction": "NeXtVLAD reduction factor of the SE context gating.",
+    "mix_number": "MixNeXtVLADModel: NeXtVLAD branches, mixed by learned per-video weights.",
+    "cl_temperature": "MixNeXtVLADModel: softmax temperature of the distillation from the "
+                      "mixture to each branch.",
+    "cl_lambda": "MixNeXtVLADModel: weight of the distillation term in the training loss.",
     "quantize_int8": "Store the large matrices (those --float16_flag stores in float16) as "
                      "int8 with per-column float32 scales; filled from float32 checkpoints by "
                      "build_ensemble.py / overwrite_float16_ckpt.py, never trained.",

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 import core_fp16
 import layers_fp16
+import losses
 import model_utils
 import pooling
 import registry
@@ -421,6 +422,53 @@ class GruModel(BaseRecurrentModel):
         return rnn_cells.GRUCell(num_units)
 
 
+def _nextvlad_branch(model_input: tf.Tensor, vocab_size: int, num_frames: tf.Tensor,
+                     is_training: bool, cluster_size: int, hidden_size: int, groups: int,
+                     expansion: int, drop_rate: float, gating_reduction: int,
+                     float16_flag: bool, classifier: str, params: Dict[str, Any],
+                     stream_scopes: Tuple[str, str] = ("video_VLAD", "audio_VLAD")) -> Outputs:
+    """One NeXtVLAD network in the current scope: NeXtVLAD on rgb and audio (in
+    ``stream_scopes``), dropout, ``hidden1_weights`` + ``hidden1_bn`` (no relu), SE context
+    gating, classifier (``params`` and ``float16_flag`` go to it)."""
+    vlad = _nextvlad_aggregate(model_input, num_frames, cluster_size, groups, expansion,
+                               is_training, float16_flag, stream_scopes)
+    if is_training and drop_rate > 0:
+        vlad = tf.nn.dropout(vlad, rate=drop_rate, name="vlad_dropout")
+    hidden1_weights = layers_fp16.variance_scaling_weight(
+        "hidden1_weights", [int(vlad.shape[-1]), hidden_size], float16_flag)
+    activation = layers_fp16.batch_norm(core_fp16.matmul_last_axis(vlad, hidden1_weights),
+                                        is_training, "hidden1_bn")
+    try:
+        activation = layers_fp16.se_context_gating(activation, gating_reduction,
+                                                   is_training, float16_flag)
+    except ValueError as e:
+        raise UsageError(f"--gating_reduction={gating_reduction}: {e}") from None
+    return _classify(activation, vocab_size, is_training, classifier,
+                     dict(params, float16_flag=float16_flag))
+
+
+def _nextvlad_aggregate(model_input: tf.Tensor, num_frames: tf.Tensor, cluster_size: int,
+                        groups: int, expansion: int, is_training: bool, float16_flag: bool,
+                        stream_scopes: Tuple[str, str]) -> tf.Tensor:
+    """[rgb NeXtVLAD, audio NeXtVLAD] of every (unpadded) frame: [B, vlad size]."""
+    mask = tf.sequence_mask(tf.reshape(num_frames, [-1]), int(model_input.shape[1]),
+                            dtype=tf.float32)
+    video, audio = tf.split(model_input, [VIDEO_FEATURE_SIZE, AUDIO_FEATURE_SIZE], axis=2)
+    outputs = []
+    video_scope, audio_scope = stream_scopes
+    for scope, frames, size, clusters, stream_groups in (
+            (video_scope, video, VIDEO_FEATURE_SIZE, cluster_size, groups),
+            (audio_scope, audio, AUDIO_FEATURE_SIZE, cluster_size // 2, groups // 2)):
+        try:
+            block = pooling.NeXtVLAD(size, clusters, expansion, stream_groups, is_training,
+                                     float16_flag)
+        except ValueError as e:
+            raise UsageError(f"--expansion={expansion} --groups={groups}: {e}") from None
+        with _V1.variable_scope(scope):
+            outputs.append(block.forward(frames, mask))
+    return tf.concat(outputs, 1)
+
+
 @registry.model
 class NeXtVLADModel:
     """NeXtVLAD (Lin, Xiao, Fan 2018, the 3rd-place single model): NeXtVLAD on all rgb
@@ -442,21 +490,9 @@ class NeXtVLADModel:
                      video_level_classifier_model: str = "MoeModel", **params) -> Outputs:
         """``params`` go to the classifier, with ``float16_flag``."""
         _check_frame_features(model_input, "NeXtVLADModel")
-        vlad = self._aggregate(model_input, num_frames, cluster_size, groups, expansion,
-                               is_training, float16_flag)
-        if is_training and drop_rate > 0:
-            vlad = tf.nn.dropout(vlad, rate=drop_rate, name="vlad_dropout")
-        hidden1_weights = layers_fp16.variance_scaling_weight(
-            "hidden1_weights", [int(vlad.shape[-1]), hidden_size], float16_flag)
-        activation = layers_fp16.batch_norm(core_fp16.matmul_last_axis(vlad, hidden1_weights),
-                                            is_training, "hidden1_bn")
-        try:
-            activation = layers_fp16.se_context_gating(activation, gating_reduction,
-                                                       is_training, float16_flag)
-        except ValueError as e:
-            raise UsageError(f"--gating_reduction={gating_reduction}: {e}") from None
-        return _classify(activation, vocab_size, is_training, video_level_classifier_model,
-                         dict(params, float16_flag=float16_flag))
+        return _nextvlad_branch(model_input, vocab_size, num_frames, is_training, cluster_size,
+                                hidden_size, groups, expansion, drop_rate, gating_reduction,
+                                float16_flag, video_level_classifier_model, params)
 
     @staticmethod
     def parameter_count(vocab_size: int, cluster_size: int = 64, hidden_size: int = 1024,
@@ -484,23 +520,79 @@ class NeXtVLADModel:
                           + vocab_size * num_mixtures)
         return video + audio + top + classifier
 
+
+@registry.model
+class MixNeXtVLADModel:
+    """The 3rd-place YouTube-8M 2018 model (Lin, Xiao, Fan 2018): ``mix_number`` NeXtVLAD
+    networks (scopes ``branch_0``, ``branch_1``, ...; each with its own ``video_vlad``,
+    ``audio_vlad``, hidden layer, gating and classifier) whose class logits z_m are mixed
+    by per-video weights w = softmax(``mix_weights``(BN_``mix_weights_bn``(frame mean)))
+    into z = sum_m w_m z_m; the prediction is sigmoid(z).
+
+    A training graph also returns each branch's predictions (``branch_predictions``, each
+    trained against the labels) and ``auxiliary_loss`` = ``cl_lambda`` x the distillation
+    of the mixture into every branch at temperature ``cl_temperature``
+    (losses.ensemble_distillation_loss).  The logits are a LogisticModel classifier's own
+    (the public code's classifier); another classifier's are logit(p).
+    """
+
+    SETTINGS = {**NeXtVLADModel.SETTINGS, "mix_number": "mix_number",
+                "cl_temperature": "cl_temperature", "cl_lambda": "cl_lambda"}
+
+    def create_model(self, model_input: tf.Tensor, vocab_size: int, num_frames: tf.Tensor,
+                     is_training: bool = True, mix_number: int = 3,
+                     cl_temperature: float = 2.0, cl_lambda: float = 1.0,
+                     cluster_size: int = 64, hidden_size: int = 1024, groups: int = 8,
+                     expansion: int = 2, drop_rate: float = 0.5, gating_reduction: int = 8,
+                     float16_flag: bool = False,
+                     video_level_classifier_model: str = "MoeModel", **params) -> Outputs:
+        """``params`` go to every branch's classifier, with ``float16_flag``."""
+        _check_frame_features(model_input, "MixNeXtVLADModel")
+        if mix_number < 1:
+            raise UsageError(f"--mix_number={mix_number} must be at least 1")
+        weights = self._mix_weights(model_input, mix_number, is_training)  # [B, M]
+        branches = []
+        for index in range(mix_number):
+            with _V1.variable_scope(f"branch_{index}"):
+                branches.append(_nextvlad_branch(
+                    model_input, vocab_size, num_frames, is_training, cluster_size,
+                    hidden_size, groups, expansion, drop_rate, gating_reduction, float16_flag,
+                    video_level_classifier_model, params, ("video_vlad", "audio_vlad")))
+        logits = tf.stack([_logits(branch) for branch in branches], axis=1)  # [B, M, C]
+        mixed = tf.reduce_sum(weights[:, :, None] * logits, axis=1)
+        result = {"predictions": tf.sigmoid(mixed)}
+        if is_training:
+            result["branch_predictions"] = [branch["predictions"] for branch in branches]
+            result["auxiliary_loss"] = cl_lambda * losses.ensemble_distillation_loss(
+                mixed, logits, cl_temperature)
+        return result
+
     @staticmethod
-    def _aggregate(model_input: tf.Tensor, num_frames: tf.Tensor, cluster_size: int,
-                   groups: int, expansion: int, is_training: bool,
-                   float16_flag: bool) -> tf.Tensor:
-        """[rgb NeXtVLAD, audio NeXtVLAD] of every (unpadded) frame: [B, vlad size]."""
-        mask = tf.sequence_mask(tf.reshape(num_frames, [-1]), int(model_input.shape[1]),
-                                dtype=tf.float32)
-        video, audio = tf.split(model_input, [VIDEO_FEATURE_SIZE, AUDIO_FEATURE_SIZE], axis=2)
-        outputs = []
-        for scope, frames, size, clusters, stream_groups in (
-                ("video_VLAD", video, VIDEO_FEATURE_SIZE, cluster_size, groups),
-                ("audio_VLAD", audio, AUDIO_FEATURE_SIZE, cluster_size // 2, groups // 2)):
-            try:
-                block = pooling.NeXtVLAD(size, clusters, expansion, stream_groups, is_training,
-                                         float16_flag)
-            except ValueError as e:
-                raise UsageError(f"--expansion={expansion} --groups={groups}: {e}") from None
-            with _V1.variable_scope(scope):
-                outputs.append(block.forward(frames, mask))
-        return tf.concat(outputs, 1)
+    def _mix_weights(model_input: tf.Tensor, mix_number: int, is_training: bool) -> tf.Tensor:
+        """softmax over the branches of ``mix_weights`` (weights and biases) applied to the
+        batch-normalised (``mix_weights_bn``) mean of all max_frames rows, padding included
+        as in the public code."""
+        frame_mean = layers_fp16.batch_norm(tf.reduce_mean(model_input, axis=1), is_training,
+                                            "mix_weights_bn")
+        stddev = layers_fp16.variance_scaling_stddev([int(frame_mean.shape[-1]), mix_number])
+        return tf.nn.softmax(layers_fp16.fully_connected(
+            frame_mean, mix_number, activation_fn=None, scope="mix_weights",
+            weights_initializer=_V1.truncated_normal_initializer(stddev=stddev)), axis=-1)
+
+    @staticmethod
+    def parameter_count(vocab_size: int, mix_number: int = 3, cluster_size: int = 64,
+                        hidden_size: int = 1024, groups: int = 8, expansion: int = 2,
+                        gating_reduction: int = 8, num_mixtures: int | None = 5) -> int:
+        """``mix_number`` NeXtVLAD networks plus the mixing weights' batch norm and layer
+        (trainable parameters; ``num_mixtures=None`` counts LogisticModel classifiers)."""
+        branch = NeXtVLADModel.parameter_count(vocab_size, cluster_size, hidden_size, groups,
+                                               expansion, gating_reduction, num_mixtures)
+        return (mix_number * branch + 2 * FRAME_FEATURE_SIZE
+                + FRAME_FEATURE_SIZE * mix_number + mix_number)
+
+
+def _logits(outputs: Outputs) -> tf.Tensor:
+    """A classifier's logits: its own when it returns them, else logit(predictions)."""
+    if "logits" in outputs:
+        return tf.cast(outputs["logits"], tf.float32)
+    return losses.logit(outputs["predictions"])

@@ -65,10 +65,15 @@ class SoftmaxLoss(BaseLoss):
             return tf.reduce_mean(-tf.reduce_sum(per_class, axis=1))
 
 
+def logit(probabilities: tf.Tensor) -> tf.Tensor:
+    """log(p / (1 - p)) in float32, p clipped to [1e-7, 1 - 1e-7] so that 0 and 1 stay finite."""
+    p = tf.clip_by_value(tf.cast(probabilities, tf.float32), 1e-7, 1 - 1e-7)
+    return tf.math.log(p) - tf.math.log1p(-p)
+
+
 def soften(probabilities: tf.Tensor, temperature: float) -> tf.Tensor:
     """sigmoid(logit(p) / T): per-class probabilities at temperature T (T = 1: unchanged)."""
-    p = tf.clip_by_value(tf.cast(probabilities, tf.float32), 1e-7, 1 - 1e-7)
-    return tf.sigmoid((tf.math.log(p) - tf.math.log1p(-p)) / temperature)
+    return tf.sigmoid(logit(probabilities) / temperature)
 
 
 def distillation_loss(loss: BaseLoss, predictions: tf.Tensor, labels: tf.Tensor,
@@ -82,3 +87,20 @@ def distillation_loss(loss: BaseLoss, predictions: tf.Tensor, labels: tf.Tensor,
     hard = loss.calculate_loss(predictions, labels)
     soft = loss.calculate_loss(soften(predictions, temperature), soften(teacher, temperature))
     return (1.0 - weight) * hard + weight * temperature ** 2 * soft
+
+
+def ensemble_distillation_loss(ensemble_logits: tf.Tensor, branch_logits: tf.Tensor,
+                               temperature: float) -> tf.Tensor:
+    """mean over videos of sum over branches m of KL(q || p_m), q = softmax(z / T) and
+    p_m = softmax(z_m / T) over the classes: each branch's class distribution pulled towards
+    the ensemble's (NeXtVLAD's on-the-fly distillation; no T^2 factor, and the gradient
+    reaches the ensemble logits z too, as in the public code).
+
+    ``ensemble_logits`` [B, C]; ``branch_logits`` [B, M, C].
+    """
+    if temperature <= 0:
+        raise ValueError(f"distillation temperature {temperature} must be above 0")
+    teacher = tf.nn.log_softmax(tf.cast(ensemble_logits, tf.float32)[:, None, :] / temperature)
+    student = tf.nn.log_softmax(tf.cast(branch_logits, tf.float32) / temperature)
+    kl = tf.reduce_sum(tf.exp(teacher) * (teacher - student), axis=-1)  # [B, M]
+    return tf.reduce_mean(tf.reduce_sum(kl, axis=1))

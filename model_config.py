@@ -109,14 +109,19 @@ class ModelSettings:
     expansion: int = 2
     drop_rate: float = 0.5
     gating_reduction: int = 8
+    mix_number: int = 3
+    cl_temperature: float = 2.0
+    cl_lambda: float = 1.0
     quantize_int8: bool = False
 
     def validate(self) -> None:
         for name in ("iterations", "netvlad_hidden_size", "moe_num_mixtures", "dbof_cluster_size",
                      "dbof_hidden_size", "fv_hidden_size", "lstm_cells", "lstm_layers",
                      "gru_cells", "gru_layers", "nextvlad_hidden_size", "expansion",
-                     "gating_reduction"):
+                     "gating_reduction", "mix_number"):
             _at_least(name, getattr(self, name), 1)
+        _finite_positive("cl_temperature", self.cl_temperature)
+        _finite_at_least("cl_lambda", self.cl_lambda, 0.0)
         # NeXtVLAD's audio stream gets half the clusters and half the groups.
         _at_least("nextvlad_cluster_size", self.nextvlad_cluster_size, 2)
         _at_least("groups", self.groups, 2)

@@ -54,6 +54,22 @@ def label_loss(loss: losses.BaseLoss, predictions: tf.Tensor, labels: tf.Tensor,
                                     temperature)
 
 
+def training_loss(loss: losses.BaseLoss, outputs: "ModelOutputs", labels: tf.Tensor,
+                  teacher: tf.Tensor | None = None, distillation_weight: float = 0.0,
+                  temperature: float = 1.0) -> tf.Tensor:
+    """What a training graph minimises besides the regularisation: the label loss of the
+    (mixed) predictions (with a ``teacher``, mixed with the loss against it), plus the
+    label loss of every branch prediction, plus the auxiliary loss (MixNeXtVLADModel:
+    its branches and their distillation term).  For a model without extra terms it is
+    :func:`label_loss` alone."""
+    total = label_loss(loss, outputs.predictions, labels, teacher, distillation_weight,
+                       temperature)
+    terms = [label_loss(loss, p, labels) for p in outputs.branch_predictions]
+    if outputs.auxiliary_loss is not None:
+        terms.append(outputs.auxiliary_loss)
+    return tf.add_n([total, *terms]) if terms else total
+
+
 @dataclass
 class ModelOutputs:
     predictions: tf.Tensor
@@ -64,6 +80,10 @@ class ModelOutputs:
     member_predictions: List[tf.Tensor] = field(default_factory=list)
     # The input as the models see it (L2-normalised per frame): 2018's input_batch.
     model_input: tf.Tensor | None = None
+    # Training graphs only (see training_loss): predictions of a model's parts, each
+    # trained against the labels, and a label-free loss term (float32), of every member.
+    branch_predictions: List[tf.Tensor] = field(default_factory=list)
+    auxiliary_loss: tf.Tensor | None = None
 
 
 def member_scope(index: int) -> str:
@@ -82,6 +102,12 @@ def build_predictions(model_input_raw: tf.Tensor, num_frames: tf.Tensor, config:
     Returns the (mixed) predictions, this call's regularisation loss (float32)
     and this call's batch-norm update ops, so that towers sharing variables
     do not count them twice.
+
+    Besides ``predictions`` a model's result may hold ``regularization_loss``
+    (added to the regularisation) and, read in training graphs only,
+    ``branch_predictions`` (a list) and ``auxiliary_loss`` (a scalar): in an
+    ensemble those of every member are kept, unweighted by the mixing weights
+    (each member's parts train as they would alone).
     """
     members = config.members
     feature_axis = len(model_input_raw.shape) - 1
@@ -89,6 +115,7 @@ def build_predictions(model_input_raw: tf.Tensor, num_frames: tf.Tensor, config:
     reg_before = len(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.REGULARIZATION_LOSSES))
     upd_before = len(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS))
     mixed, member_predictions = None, []
+    model_losses, branch_predictions, auxiliary_losses = [], [], []
     with tf.compat.v1.variable_scope(TOWER_SCOPE, reuse=reuse):
         for index, member in enumerate(members):
             arguments = registry.member_arguments(member)
@@ -108,16 +135,22 @@ def build_predictions(model_input_raw: tf.Tensor, num_frames: tf.Tensor, config:
             if len(members) > 1:
                 predictions = predictions * member.weight
             mixed = predictions if mixed is None else mixed + predictions
+            if "regularization_loss" in result:
+                model_losses.append(tf.cast(result["regularization_loss"], tf.float32))
+            if is_training:
+                branch_predictions.extend(result.get("branch_predictions", []))
+                if "auxiliary_loss" in result:
+                    auxiliary_losses.append(tf.cast(result["auxiliary_loss"], tf.float32))
     reg_losses = [tf.cast(r, tf.float32) for r in _collection_added(
-        tf.compat.v1.GraphKeys.REGULARIZATION_LOSSES, reg_before)]
-    if "regularization_loss" in result:
-        reg_losses.append(tf.cast(result["regularization_loss"], tf.float32))
+        tf.compat.v1.GraphKeys.REGULARIZATION_LOSSES, reg_before)] + model_losses
     reg = tf.add_n(reg_losses) if reg_losses else tf.constant(0.0)
     return ModelOutputs(
         predictions=mixed,
         regularization_loss=reg,
         update_ops=_collection_added(tf.compat.v1.GraphKeys.UPDATE_OPS, upd_before),
-        member_predictions=member_predictions, model_input=model_input)
+        member_predictions=member_predictions, model_input=model_input,
+        branch_predictions=branch_predictions,
+        auxiliary_loss=tf.add_n(auxiliary_losses) if auxiliary_losses else None)
 
 
 def add_2018_collections(raw: tf.Tensor, model_input: tf.Tensor, num_frames: tf.Tensor,

@@ -203,8 +203,8 @@ def build_training_graph(config: ModelConfig, training: TrainingConfig, files: L
                     update_ops = outputs.update_ops
                     variables = tf.compat.v1.trainable_variables()
                 count = tf.cast(tf.shape(tower_labels)[0], tf.float32)
-                label_loss = model_graph.label_loss(
-                    label_loss_fn, outputs.predictions, tower_labels, tower_teacher,
+                label_loss = model_graph.training_loss(
+                    label_loss_fn, outputs, tower_labels, tower_teacher,
                     training.distillation_weight, training.distillation_temperature)
                 label_loss = tf.where(count > 0, label_loss, 0.0)  # an empty last-batch tower
                 loss = label_loss + training.regularization_penalty * regularization

@@ -24,12 +24,13 @@ class LogisticModel:
     def create_model(self, model_input: tf.Tensor, vocab_size: int, is_training: bool = True,
                      l2_penalty: float = 1e-8,
                      float16_flag: bool = False) -> Dict[str, tf.Tensor]:
-        """``l2_penalty`` is the starter code's 1e-8; ``is_training`` changes nothing."""
-        predictions = layers_fp16.fully_connected(
-            model_input, vocab_size, activation_fn=tf.sigmoid,
+        """``l2_penalty`` is the starter code's 1e-8; ``is_training`` changes nothing.
+        Returns the ``predictions`` and their ``logits``."""
+        logits = layers_fp16.fully_connected(
+            model_input, vocab_size, activation_fn=None,
             weights_regularizer=layers_fp16.l2_regularizer(l2_penalty),
             float16_flag=float16_flag)
-        return {"predictions": predictions}
+        return {"predictions": tf.sigmoid(logits), "logits": logits}
 
 
 @registry.classifier
