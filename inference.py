@@ -170,6 +170,8 @@ def write_predictions(model_dir: str, name: str, outputs: Outputs, batch_size: i
     config = app_flags.resolve_model_config(stored)
     files = readers.resolve_data_files(app_flags.value("input_data_pattern"),
                                        flag_name="input_data_pattern")
+    if outputs.teacher_dir:
+        teacher.check_output(outputs.teacher_dir, files, "output_teacher_dir")
     meta = meta_graph_pb2.MetaGraphDef.FromString(
         tf.io.gfile.GFile(os.path.join(model_dir, name + ".meta"), "rb").read())
     graph = tf.Graph()

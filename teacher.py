@@ -64,6 +64,19 @@ class TeacherShards:
                                          self.shard(parsed["file_names"]), self.num_classes)}
 
 
+def check_output(teacher_dir: str, files: Sequence[str], flag: str) -> None:
+    """The shards must not replace the data they are computed from (same folder)."""
+    def normal(path: str) -> str:
+        return path if "://" in path else os.path.realpath(path)
+
+    data = {normal(f) for f in files}
+    for data_file in files:
+        if normal(shard_path(teacher_dir, data_file)) in data:
+            raise UsageError(f"--{flag}={teacher_dir} would overwrite the input file "
+                             f"{shard_path(teacher_dir, data_file)}: write the shards to a "
+                             "folder of their own")
+
+
 def joined_records(records: tf.data.Dataset, data_file: tf.Tensor,
                    shard: tf.Tensor) -> tf.data.Dataset:
     """(record, file name, teacher record) of one data file and its shard, in step.

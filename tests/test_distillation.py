@@ -165,6 +165,16 @@ def test_inference_writes_a_shard_per_file_in_its_order(sample_data, trained_tea
                                        rtol=1e-4)
 
 
+def test_shards_never_replace_the_input(sample_data, trained_teacher):
+    data = os.path.join(sample_data, "video")
+    before = {n: os.path.getsize(os.path.join(data, n)) for n in os.listdir(data)}
+    result = run_script("inference", f"--train_dir={trained_teacher}",
+                        f"--output_teacher_dir={data}/", f"--input_data_pattern={data}/train*")
+    assert result.returncode != 0
+    assert "would overwrite the input file" in result.stderr.strip().splitlines()[-1]
+    assert {n: os.path.getsize(os.path.join(data, n)) for n in os.listdir(data)} == before
+
+
 def test_student_learns_the_teacher_not_the_labels(sample_data, tmp_path):
     """With weight 1 only the teacher counts: it says class 3 at 0.9 for every video, and the
     student's predictions on the training videos follow it."""
