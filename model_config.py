@@ -21,10 +21,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-import tensorflow as tf
-
 from errors import UsageError
 
+# TensorFlow (tf.io.gfile) is imported inside write_json and read_json, not here: the
+# scripts' flags import this module, and their --help answers without loading TensorFlow.
 FILE_NAME = "model_flags.json"
 FORMAT_VERSION = 3
 # The five keys the 2018 code wrote.
@@ -343,6 +343,8 @@ def to_json_dict(model: ModelConfig, training: TrainingConfig | None = None) -> 
 
 def write_json(train_dir: str, model: ModelConfig, training: TrainingConfig | None = None) -> str:
     """Writes model_flags.json atomically (temporary name, then rename); returns its path."""
+    import tensorflow as tf
+
     path = json_path(train_dir)
     tf.io.gfile.makedirs(train_dir)
     temporary = f"{path}.tmp-{uuid.uuid4().hex}"
@@ -358,6 +360,8 @@ def write_json(train_dir: str, model: ModelConfig, training: TrainingConfig | No
 
 def read_json(train_dir: str) -> StoredConfig | None:
     """The run directory's model_flags.json, or None when there is none."""
+    import tensorflow as tf
+
     path = json_path(train_dir)
     if not tf.io.gfile.exists(path):
         return None
