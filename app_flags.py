@@ -13,7 +13,7 @@ take the file's values.
 """
 import dataclasses
 import sys
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NoReturn, Sequence, Tuple
 
 from absl import flags, logging
 
@@ -327,14 +327,19 @@ def help_text(script: str, doc: str) -> str:
     return "\n".join(lines)
 
 
+def answer_help(script: str, doc: str) -> NoReturn:
+    """Prints ``script``'s --help (``doc``: its docstring) and exits; quiet_startup calls it
+    before the script imports TensorFlow, which takes longer than the help."""
+    set_script_defaults(script)
+    print(help_text(script, doc))
+    sys.exit(0)
+
+
 def runner_hooks(script: str) -> Tuple[Callable[[], None], Callable[[], None]]:
-    """cli.run's (before_parse, after_parse) for ``script``: its defaults, a --help of the
-    flags it reads, and one log line naming given flags it ignores."""
+    """cli.run's (before_parse, after_parse) for ``script``: its defaults, and one log line
+    naming given flags it ignores (its --help was answered by :func:`answer_help`)."""
     def before() -> None:
         set_script_defaults(script)
-        if any(arg in ("--help", "-h", "--helpshort", "-?") for arg in sys.argv[1:]):
-            print(help_text(script, sys.modules["__main__"].__doc__ or ""))
-            sys.exit(0)
 
     def after() -> None:
         log_unused_flags(script)
