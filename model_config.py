@@ -111,6 +111,11 @@ class ModelSettings:
     gating_reduction: int = 8
     quantize_int8: bool = False
 
+    @property
+    def storage(self) -> str:
+        """How the large matrices are stored, as --member_storage names it."""
+        return "int8" if self.quantize_int8 else "float16" if self.float16_flag else "float32"
+
     def validate(self) -> None:
         for name in ("iterations", "netvlad_hidden_size", "moe_num_mixtures", "dbof_cluster_size",
                      "dbof_hidden_size", "fv_hidden_size", "lstm_cells", "lstm_layers",
@@ -139,6 +144,9 @@ class ModelSettings:
 
 
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(ModelSettings))
+# Each --member_storage value: the settings that store a member's large matrices so.
+STORAGE_SETTINGS = {"float32": {}, "float16": {"float16_flag": True},
+                    "int8": {"quantize_int8": True}}
 DEFAULT_SETTINGS = ModelSettings()
 
 
