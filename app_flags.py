@@ -13,7 +13,7 @@ take the file's values.
 """
 import dataclasses
 import sys
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NoReturn, Sequence, Tuple
 
 from absl import flags, logging
 
@@ -21,6 +21,7 @@ import registry
 from errors import UsageError, require_positive
 from model_config import (
     SETTING_NAMES,
+    STORAGE_SETTINGS,
     TRAINING_FIELDS,
     DataConfig,
     MemberConfig,
@@ -152,6 +153,10 @@ _group = "model"
 _define("integer", "ensemble_num", 1, "Number of models in one graph.")
 _define("multi_float", "ensemble_wts", [1.0],
         "Mixing weight per ensemble member (repeat the flag per member).")
+_define("list", "member_storage", [],
+        "Storage of the large matrices per ensemble member, comma-separated: float32, "
+        "float16 or int8 (e.g. float16,int8); default: --float16_flag / --quantize_int8 for "
+        "every member.")
 
 # --- Evaluation ----------------------------------------------------------------
 _group = "evaluation"
@@ -343,14 +348,19 @@ def help_text(script: str, doc: str) -> str:
     return "\n".join(lines)
 
 
+def answer_help(script: str, doc: str) -> NoReturn:
+    """Prints ``script``'s --help (``doc``: its docstring) and exits; quiet_startup calls it
+    before the script imports TensorFlow, which takes longer than the help."""
+    set_script_defaults(script)
+    print(help_text(script, doc))
+    sys.exit(0)
+
+
 def runner_hooks(script: str) -> Tuple[Callable[[], None], Callable[[], None]]:
-    """cli.run's (before_parse, after_parse) for ``script``: its defaults, a --help of the
-    flags it reads, and one log line naming given flags it ignores."""
+    """cli.run's (before_parse, after_parse) for ``script``: its defaults, and one log line
+    naming given flags it ignores (its --help was answered by :func:`answer_help`)."""
     def before() -> None:
         set_script_defaults(script)
-        if any(arg in ("--help", "-h", "--helpshort", "-?") for arg in sys.argv[1:]):
-            print(help_text(script, sys.modules["__main__"].__doc__ or ""))
-            sys.exit(0)
 
     def after() -> None:
         log_unused_flags(script)
@@ -430,6 +440,33 @@ def member_models(count: int) -> List[str]:
     return models
 
 
+def member_storage(count: int) -> List[str]:
+    """Each member's --member_storage, checked; empty when the flag is not given."""
+    storages = list(value("member_storage"))
+    if not present("member_storage"):
+        return []
+    given = f"--member_storage={','.join(storages)}"
+    for flag in ("float16_flag", "quantize_int8"):
+        if present(flag):
+            raise UsageError(f"{given} and --{flag} are both given: --member_storage sets "
+                             "each member's storage alone")
+    if len(storages) != count:
+        raise UsageError(f"{given} names {len(storages)} storages but --ensemble_num={count}")
+    unknown = next((s for s in storages if s not in STORAGE_SETTINGS), None)
+    if unknown is not None:
+        raise UsageError(f"{given}: {unknown!r} is not one of {', '.join(STORAGE_SETTINGS)}")
+    return storages
+
+
+def _check_compact_storage(storages: Sequence[str], index: int, model: str,
+                           classifier: str) -> None:
+    """A member stored float16 or int8 must have matrices to store so (read float16_flag)."""
+    if (storages[index] != "float32"
+            and "float16_flag" not in registry.settings_read_by(model, classifier)):
+        raise UsageError(f"--member_storage={','.join(storages)}: member {index} "
+                         f"({model}) has no float16 or int8 storage; give it float32")
+
+
 Sources = Dict[str, str]
 
 
@@ -441,6 +478,7 @@ def _member_settings(models: Sequence[str]) -> List[Tuple[Dict[str, Any], Source
     """
     count, mixed = len(models), len(set(models)) > 1
     repeated = {name: _per_member(name, count) for name in MEMBER_FLAGS}
+    storages = member_storage(count)
     classifier = value(registry.CLASSIFIER_SETTING)
     result = []
     for index, model in enumerate(models):
@@ -451,6 +489,9 @@ def _member_settings(models: Sequence[str]) -> List[Tuple[Dict[str, Any], Source
             sources[setting] = flag
         settings = {setting: repeated[flag][index] if flag in MEMBER_FLAGS else value(flag)
                     for setting, flag in sources.items()}
+        if storages:
+            _check_compact_storage(storages, index, model, classifier)
+            settings.update(STORAGE_SETTINGS[storages[index]])
         result.append((settings, sources))
     if mixed:
         used = {flag for _, sources in result for flag in sources.values()}
@@ -500,7 +541,8 @@ def _stored_values(config: ModelConfig) -> Dict[str, Any]:
         "feature_names": data.feature_names, "feature_sizes": data.feature_sizes,
         "frame_features": data.frame_features, "num_classes": data.num_classes,
         "max_frames": data.max_frames, "label_loss": config.label_loss,
-        "ensemble_num": len(config.members), "model": [m.model for m in config.members]}
+        "ensemble_num": len(config.members), "model": [m.model for m in config.members],
+        "member_storage": [m.settings.storage for m in config.members]}
     for name in SETTING_NAMES:
         stored[name] = [getattr(m.settings, name) for m in config.members]
     return stored
@@ -516,7 +558,8 @@ def _flag_values(models: Sequence[str]) -> Iterator[Check]:
     (the file's); lazily, so a disagreeing model or member count is reported first."""
     members = len(models)
     for name in ("feature_names", "feature_sizes", "frame_features", "num_classes",
-                 "max_frames", "label_loss", "ensemble_num", "model", "member_models"):
+                 "max_frames", "label_loss", "ensemble_num", "model", "member_models",
+                 "member_storage"):
         if not present(name):
             continue
         if name == "feature_names":  # each alone: the other may come from the file

@@ -8,9 +8,10 @@ What steps 1-5 of the README's ensemble workflow do, without the 10-step
 training run and the template: the ensemble's inference graph is built from
 the model flags (member i with the i-th --netvlad_cluster_size /
 --netvlad_hidden_size, mixed with --ensemble_wts, float16 matrices under
---float16_flag); member i's variables ``tower/model{i}/X`` (``tower/X`` for
-member 0) are filled from ``tower/X`` of the i-th checkpoint with
-overwrite_float16_ckpt.py's rules (converted to the graph's dtype, float16
+--float16_flag, int8 under --quantize_int8, or member i's own storage under
+--member_storage=float16,int8,...); member i's variables ``tower/model{i}/X``
+(``tower/X`` for member 0) are filled from ``tower/X`` of the i-th checkpoint
+with overwrite_float16_ckpt.py's rules (converted to the graph's dtype, float16
 rounds to nearest; a missing variable or a shape mismatch is an error naming
 both); global_step is 0.  Writes ENS_DIR/model_flags.json (an existing one
 wins over the flags, which must agree with it) and

@@ -21,10 +21,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-import tensorflow as tf
-
 from errors import UsageError
 
+# TensorFlow (tf.io.gfile) is imported inside write_json and read_json, not here: the
+# scripts' flags import this module, and their --help answers without loading TensorFlow.
 FILE_NAME = "model_flags.json"
 FORMAT_VERSION = 3
 # The five keys the 2018 code wrote.
@@ -114,6 +114,11 @@ class ModelSettings:
     cl_lambda: float = 1.0
     quantize_int8: bool = False
 
+    @property
+    def storage(self) -> str:
+        """How the large matrices are stored, as --member_storage names it."""
+        return "int8" if self.quantize_int8 else "float16" if self.float16_flag else "float32"
+
     def validate(self) -> None:
         for name in ("iterations", "netvlad_hidden_size", "moe_num_mixtures", "dbof_cluster_size",
                      "dbof_hidden_size", "fv_hidden_size", "lstm_cells", "lstm_layers",
@@ -144,6 +149,9 @@ class ModelSettings:
 
 
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(ModelSettings))
+# Each --member_storage value: the settings that store a member's large matrices so.
+STORAGE_SETTINGS = {"float32": {}, "float16": {"float16_flag": True},
+                    "int8": {"quantize_int8": True}}
 DEFAULT_SETTINGS = ModelSettings()
 
 
@@ -354,6 +362,8 @@ def to_json_dict(model: ModelConfig, training: TrainingConfig | None = None) -> 
 
 def write_json(train_dir: str, model: ModelConfig, training: TrainingConfig | None = None) -> str:
     """Writes model_flags.json atomically (temporary name, then rename); returns its path."""
+    import tensorflow as tf
+
     path = json_path(train_dir)
     tf.io.gfile.makedirs(train_dir)
     temporary = f"{path}.tmp-{uuid.uuid4().hex}"
@@ -369,6 +379,8 @@ def write_json(train_dir: str, model: ModelConfig, training: TrainingConfig | No
 
 def read_json(train_dir: str) -> StoredConfig | None:
     """The run directory's model_flags.json, or None when there is none."""
+    import tensorflow as tf
+
     path = json_path(train_dir)
     if not tf.io.gfile.exists(path):
         return None

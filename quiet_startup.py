@@ -9,6 +9,9 @@ drops exactly those lines and passes everything else on, in order: warnings
 and errors of TensorFlow, a cuInit failure on a machine that has a GPU, and
 every line of the toolkit.  A user who sets TF_CPP_MIN_LOG_LEVEL or gives
 --verbosity sees TensorFlow's output untouched.
+
+Being first, it also answers the --help of train.py, eval.py and inference.py
+(app_flags.answer_help) before they spend seconds importing TensorFlow.
 """
 import atexit
 import os
@@ -29,6 +32,10 @@ _NOISE = re.compile(
 # The CUDA probe of a machine without an NVIDIA driver.
 _NO_GPU_PROBE = re.compile(rb"E\d{4} [\d:.]+ +\d+ cuda_\w+\.cc:\d+\] failed call to cuInit.*")
 _NVIDIA_DEVICE = "/dev/nvidiactl"
+# The scripts whose flags app_flags defines, and absl's help flags but --helpfull (which
+# lists TensorFlow's flags too).
+_FLAG_SCRIPTS = ("train", "eval", "inference")
+_HELP_ARGS = ("--help", "-h", "--helpshort", "-?")
 
 
 def _wanted() -> bool:
@@ -58,6 +65,17 @@ def _forward(reader: int, target: int, has_gpu: bool) -> None:
             os.write(target, pending)
 
 
+def _answer_help() -> None:
+    """train.py, eval.py and inference.py answer --help here, before they import TensorFlow
+    (seconds); app_flags, which defines their flags, imports none of it."""
+    main = sys.modules.get("__main__")
+    script = os.path.splitext(os.path.basename(getattr(main, "__file__", None) or ""))[0]
+    if script in _FLAG_SCRIPTS and any(arg in _HELP_ARGS for arg in sys.argv[1:]):
+        import app_flags
+
+        app_flags.answer_help(script, main.__doc__ or "")
+
+
 def install() -> None:
     """Starts the filter (once per process, before TensorFlow is imported)."""
     if not _wanted():
@@ -83,4 +101,5 @@ def install() -> None:
     atexit.register(drain)
 
 
+_answer_help()
 install()

@@ -12,8 +12,6 @@ error, so no flag is silently ignored.
 import importlib
 from typing import Any, Dict, Mapping
 
-import tensorflow as tf
-
 from errors import UsageError
 from model_config import DEFAULT_SETTINGS, SETTING_NAMES, MemberConfig
 
@@ -76,6 +74,10 @@ def find_loss(name: str) -> Any:
 
 
 def find_optimizer(name: str) -> type:
+    # TensorFlow is imported here, not at the top: the scripts' flags import this module,
+    # and their --help answers without loading TensorFlow.
+    import tensorflow as tf
+
     table = {n: getattr(tf.compat.v1.train, n) for n in _OPTIMIZERS}
     return _find(table, name, "optimizer", "an optimizer that takes only a learning rate")
 

@@ -1,8 +1,10 @@
-"""Ensembles mixing NeXtVLADModel and NetVLADModelLF members, stored float32, float16 and
-int8, through the one-command path on the sample data: trained single models, filled by
-build_ensemble.py, evaluated, sized, predicted to CSV, and their weights searched."""
+"""Ensembles mixing NeXtVLADModel and NetVLADModelLF members, stored float32, float16,
+int8 and float16 + int8 (--member_storage), through the one-command path on the sample
+data: trained single models, filled by build_ensemble.py, evaluated, sized, predicted to
+CSV, and their weights searched."""
 import csv
 import os
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
@@ -14,7 +16,11 @@ if _ROOT not in sys.path:
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from absl.testing import flagsaver  # noqa: E402
 
+import app_flags  # noqa: E402
+import model_config  # noqa: E402
+from errors import UsageError  # noqa: E402
 from helpers import (  # noqa: E402
     NETVLAD_FLAGS,
     NETVLAD_SIZES,
@@ -35,7 +41,8 @@ MIXED = FRAME + ["--ensemble_num=2", "--member_models=NeXtVLADModel,NetVLADModel
                  "--netvlad_relu=False", "--netvlad_cluster_size=4", "--netvlad_cluster_size=4",
                  "--netvlad_hidden_size=16", "--netvlad_hidden_size=16",
                  "--ensemble_wts=0.6", "--ensemble_wts=0.4"]
-STORAGE = {"float32": [], "float16": ["--float16_flag=True"], "int8": ["--quantize_int8=True"]}
+STORAGE = {"float32": [], "float16": ["--float16_flag=True"], "int8": ["--quantize_int8=True"],
+           "mixed": ["--member_storage=float16,int8"]}
 MODEL = "ens-0"
 
 
@@ -131,7 +138,7 @@ def test_stored_bytes(ensembles):
 def test_predictions_and_gap_match_float32(ensembles):
     scores = {s: read_scores(f"{ensembles.root}/{s}/predictions.csv") for s in STORAGE}
     assert len(scores["float32"]) == 24
-    for storage in ("float16", "int8"):
+    for storage in ("float16", "int8", "mixed"):
         assert scores[storage].keys() == scores["float32"].keys()
         for video_id, vector in scores["float32"].items():
             np.testing.assert_allclose(scores[storage][video_id], vector, atol=1e-2)
@@ -144,3 +151,63 @@ def test_weight_search_accepts_int8_members(ensembles):
     search = ensembles.search
     assert "model 0 alone" in search and "model 1 alone" in search, search
     assert "weights found:" in search and "--ensemble_wts=" in search, search
+
+
+def _member_bytes(size_report):
+    return [int(n.replace(",", "")) for n in re.findall(r"^model \d+: ([\d,]+) bytes",
+                                                         size_report, re.MULTILINE)]
+
+
+def test_member_storage_stores_each_member_its_own_way(ensembles):
+    """--member_storage=float16,int8: member 0 as the float16 ensemble's, member 1 as the
+    int8 one's, in the checkpoint, its size report and model_flags.json."""
+    mixed = read_checkpoint(f"{ensembles.root}/mixed/{MODEL}")
+    assert mixed["tower/video_VLAD/cluster_weights"].dtype == np.float16
+    assert mixed["tower/model1/hidden1_weights/hidden1_weights"].dtype == np.int8
+    assert not any(v.dtype == np.int8 for n, v in mixed.items() if not n.startswith("tower/model1"))
+    float16, int8 = (_member_bytes(ensembles.sizes[s]) for s in ("float16", "int8"))
+    assert _member_bytes(ensembles.sizes["mixed"]) == [float16[0], int8[1]]
+    stored = model_config.read_json(f"{ensembles.root}/mixed").model
+    assert [m.settings.storage for m in stored.members] == ["float16", "int8"]
+
+
+def test_eval_checks_member_storage_against_the_file(ensembles):
+    stored = model_config.read_json(f"{ensembles.root}/mixed")
+    with flagsaver.flagsaver():
+        app_flags.FLAGS(["eval", "--member_storage=float16,int8"])
+        assert app_flags.resolve_model_config(stored) == stored.model
+    with flagsaver.flagsaver(), pytest.raises(UsageError) as error:
+        app_flags.FLAGS(["eval", "--member_storage=int8,float16"])
+        app_flags.resolve_model_config(stored)
+    assert str(error.value).startswith(f"--member_storage=int8,float16 disagrees with "
+                                       f"{stored.path}, which says member_storage=float16,int8")
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--member_storage=float16"], "--member_storage=float16 names 1 storages but "
+                                   "--ensemble_num=2"),
+    (["--member_storage=float16,fp8"], "--member_storage=float16,fp8: 'fp8' is not one of "
+                                       "float32, float16, int8"),
+    (["--member_storage=float16,int8", "--float16_flag=True"],
+     "--member_storage=float16,int8 and --float16_flag are both given"),
+    (["--member_storage=int8,float32", "--quantize_int8=False"],
+     "--member_storage=int8,float32 and --quantize_int8 are both given"),
+    (["--member_models=NetVLADModelLF,FrameLevelLogisticModel", "--member_storage=int8,int8"],
+     "--member_storage=int8,int8: member 1 (FrameLevelLogisticModel) has no float16 or int8 "
+     "storage; give it float32"),
+])
+def test_member_storage_errors_name_the_flag(flags, message):
+    with flagsaver.flagsaver(), pytest.raises(UsageError) as error:
+        app_flags.FLAGS(["train", *FRAME, "--ensemble_num=2", *flags])
+        app_flags.model_config()
+    assert str(error.value).startswith(message), str(error.value)
+
+
+def test_build_ensemble_refuses_a_wrong_member_storage(ensembles, tmp_path):
+    result = run_script("build_ensemble", f"--train_dir={tmp_path}/ens", *MIXED,
+                        "--member_storage=float16,int8,int8",
+                        f"--member_checkpoints={','.join(ensembles.checkpoints)}")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "ERROR: --member_storage=float16,int8,int8 names 3 storages but --ensemble_num=2")
+    assert not os.path.exists(f"{tmp_path}/ens/{model_config.FILE_NAME}")

@@ -1,5 +1,6 @@
 """What a user sees: no TensorFlow start-up noise, each warning once, errors kept,
-progress with time left, and a --help of each script's own flags."""
+progress with time left, and a --help of each script's own flags, answered before
+TensorFlow is imported."""
 import collections
 import os
 import re
@@ -79,6 +80,19 @@ def test_help_lists_the_scripts_own_flags_by_group(script, has, lacks):
     groups = re.findall(r"^(\w+) flags:$", result.stdout, re.MULTILINE)
     assert groups and groups == sorted(groups, key=["data", "model", "training", "evaluation",
                                                     "output"].index)
+
+
+@pytest.mark.parametrize("script", ["train", "eval", "inference"])
+def test_help_answers_without_tensorflow(script):
+    """--help comes before the script's seconds of TensorFlow import: none is imported."""
+    result = subprocess.run([sys.executable, "-X", "importtime", f"{script}.py", "--help"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "data flags:" in result.stdout and "--helpfull lists every flag" in result.stdout
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")]
+    assert "app_flags" in imported
+    assert not [m for m in imported if m.split(".")[0] == "tensorflow"], result.stderr[-2000:]
 
 
 def test_demo_reads_well(tmp_path):
