@@ -32,6 +32,11 @@ _NOISE = re.compile(
 # The CUDA probe of a machine without an NVIDIA driver.
 _NO_GPU_PROBE = re.compile(rb"E\d{4} [\d:.]+ +\d+ cuda_\w+\.cc:\d+\] failed call to cuInit.*")
 _NVIDIA_DEVICE = "/dev/nvidiactl"
+# A session's echo of an op error on its way to Python, where the script reports it in one
+# line (a data error, a full disk): the warning and its "\t [[node]]" context lines.
+_ERROR_ECHO = re.compile(rb"W\d{4} [\d:.]+ +\d+ local_rendezvous\.cc:\d+\] Local rendezvous is "
+                         rb"aborting with status: .*")
+_ECHO_CONTEXT = re.compile(rb"\t \[\[.*\]\]")
 # The scripts whose flags app_flags defines, and absl's help flags but --helpfull (which
 # lists TensorFlow's flags too).
 _FLAG_SCRIPTS = ("train", "eval", "inference")
@@ -44,12 +49,24 @@ def _wanted() -> bool:
     return not user_asked and "tensorflow" not in sys.modules
 
 
-def _dropped(line: bytes, has_gpu: bool) -> bool:
-    text = line.rstrip(b"\r\n")
-    return bool(_NOISE.fullmatch(text)) or (not has_gpu and bool(_NO_GPU_PROBE.fullmatch(text)))
+class _Filter:
+    """Decides line by line what reaches the terminal (context lines follow their echo)."""
+
+    def __init__(self, has_gpu: bool) -> None:
+        self.has_gpu = has_gpu
+        self.in_echo = False
+
+    def dropped(self, line: bytes) -> bool:
+        text = line.rstrip(b"\r\n")
+        if self.in_echo and _ECHO_CONTEXT.fullmatch(text):
+            return True
+        self.in_echo = bool(_ERROR_ECHO.fullmatch(text))
+        return self.in_echo or bool(_NOISE.fullmatch(text)) or (
+            not self.has_gpu and bool(_NO_GPU_PROBE.fullmatch(text)))
 
 
 def _forward(reader: int, target: int, has_gpu: bool) -> None:
+    line_filter = _Filter(has_gpu)
     with os.fdopen(reader, "rb", buffering=0) as source:
         pending = b""
         while True:
@@ -58,10 +75,10 @@ def _forward(reader: int, target: int, has_gpu: bool) -> None:
                 break
             pending += chunk
             *lines, pending = pending.split(b"\n")
-            kept = b"".join(line + b"\n" for line in lines if not _dropped(line, has_gpu))
+            kept = b"".join(line + b"\n" for line in lines if not line_filter.dropped(line))
             if kept:
                 os.write(target, kept)
-        if pending and not _dropped(pending, has_gpu):
+        if pending and not line_filter.dropped(pending):
             os.write(target, pending)
 
 

@@ -50,6 +50,14 @@ def test_scripts_are_quiet_and_report_progress(sample_data, tmp_path):
                      f"--eval_data_pattern={sample_data}/video/validate*.tfrecord")
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines()[-1].startswith("ERROR: --top_k=0")
+    # A data error found while running the graph: one line, not TensorFlow's echo of it too.
+    wrong = run_script("train", f"--train_data_pattern={sample_data}/video/train*.tfrecord",
+                       f"--train_dir={tmp_path / 'wrong'}", *LOGISTIC_FLAGS[:-2],
+                       "--num_classes=5", "--model=LogisticModel", "--max_steps=5")
+    assert wrong.returncode != 0
+    not_info = [line for line in wrong.stderr.splitlines() if not line.startswith("I")]
+    assert len(not_info) == 1 and not_info[0].startswith("ERROR: YT8M data error: label id"), \
+        wrong.stderr[-3000:]
 
 
 def test_sample_data_says_what_it_wrote(tmp_path):
