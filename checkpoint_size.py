@@ -134,8 +134,10 @@ def describe_model(config: ModelConfig) -> str:
         sizes = ", ".join(f"c{m.settings.netvlad_cluster_size}h{m.settings.netvlad_hidden_size}"
                           for m in members)
         model = f"{model} x{len(members)} ({sizes})"
-    return (f"{model}, float16_flag={members[0].settings.float16_flag}, "
-            f"num_classes={config.num_classes}")
+    storages = [m.settings.storage for m in members]
+    storage = (f"member_storage={','.join(storages)}" if len(set(storages)) > 1
+               else f"float16_flag={members[0].settings.float16_flag}")
+    return f"{model}, {storage}, num_classes={config.num_classes}"
 
 
 def _mb(n: int) -> str:
