@@ -135,8 +135,12 @@ def describe_model(config: ModelConfig) -> str:
                           for m in members)
         model = f"{model} x{len(members)} ({sizes})"
     storages = [m.settings.storage for m in members]
-    storage = (f"member_storage={','.join(storages)}" if len(set(storages)) > 1
-               else f"float16_flag={members[0].settings.float16_flag}")
+    if len(set(storages)) > 1:
+        storage = f"member_storage={','.join(storages)}"
+    elif storages[0] == "int8":
+        storage = "quantize_int8=True"
+    else:
+        storage = f"float16_flag={members[0].settings.float16_flag}"
     return f"{model}, {storage}, num_classes={config.num_classes}"
 
 
