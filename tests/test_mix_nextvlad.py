@@ -18,6 +18,7 @@ from test_nextvlad import (  # noqa: E402  (the NeXtVLAD numpy reference)
     _sigmoid,
     _softmax,
     numpy_nextvlad,
+    stream_variables,
     videos,
 )
 
@@ -57,18 +58,7 @@ def test_variable_names_and_shapes():
     vlad = 4 * 2048 // 4 + 2 * 256 // 2
     for n in range(3):
         branch = f"branch_{n}/"
-        for stream, size, k, g in (("video_vlad", 1024, 4, 4), ("audio_vlad", 128, 2, 2)):
-            width, prefix = 2 * size, f"{branch}{stream}/"
-            expected.update({
-                f"{prefix}fully_connected/weights": [size, width],
-                f"{prefix}fully_connected/biases": [width],
-                f"{prefix}fully_connected_1/weights": [width, g],
-                f"{prefix}fully_connected_1/biases": [g],
-                f"{prefix}cluster_weights": [width, g * k],
-                f"{prefix}cluster_weights2": [1, width // g, k]})
-            for stat in ("beta", "gamma", "moving_mean", "moving_variance"):
-                expected[f"{prefix}cluster_bn/{stat}"] = [g * k]
-                expected[f"{prefix}vlad_bn/{stat}"] = [k * width // g]
+        expected.update(stream_variables(f"{branch}video_vlad/", f"{branch}audio_vlad/"))
         expected.update({f"{branch}hidden1_weights": [vlad, 16],
                          f"{branch}gating_weights_1": [16, 4],
                          f"{branch}gating_weights_2": [4, 16],

@@ -39,24 +39,31 @@ def videos(rng, batch):
     return frames.astype(np.float32), counts
 
 
+def stream_variables(video: str, audio: str) -> dict:
+    """Name -> shape of the rgb (K=4 clusters, G=4 groups) and audio (K/2, G/2) NeXtVLAD
+    blocks at SIZES, under the prefixes ``video`` and ``audio``."""
+    expected = {}
+    for prefix, size, k, g in ((video, 1024, 4, 4), (audio, 128, 2, 2)):
+        width = 2 * size
+        expected.update({
+            f"{prefix}fully_connected/weights": [size, width],
+            f"{prefix}fully_connected/biases": [width],
+            f"{prefix}fully_connected_1/weights": [width, g],
+            f"{prefix}fully_connected_1/biases": [g],
+            f"{prefix}cluster_weights": [width, g * k],
+            f"{prefix}cluster_weights2": [1, width // g, k]})
+        for stat in ("beta", "gamma", "moving_mean", "moving_variance"):
+            expected[f"{prefix}cluster_bn/{stat}"] = [g * k]
+            expected[f"{prefix}vlad_bn/{stat}"] = [k * width // g]
+    return expected
+
+
 def test_variable_names_and_shapes():
     """The public code's names; rgb: K clusters, G groups; audio: K/2, G/2."""
     with tf.Graph().as_default():
         build(is_training=True)
         shapes = {v.op.name[len("tower/"):]: v.shape.as_list() for v in V1.global_variables()}
-    expected = {}
-    for stream, size, k, g in (("video_VLAD", 1024, 4, 4), ("audio_VLAD", 128, 2, 2)):
-        width = 2 * size
-        expected.update({
-            f"{stream}/fully_connected/weights": [size, width],
-            f"{stream}/fully_connected/biases": [width],
-            f"{stream}/fully_connected_1/weights": [width, g],
-            f"{stream}/fully_connected_1/biases": [g],
-            f"{stream}/cluster_weights": [width, g * k],
-            f"{stream}/cluster_weights2": [1, width // g, k]})
-        for stat in ("beta", "gamma", "moving_mean", "moving_variance"):
-            expected[f"{stream}/cluster_bn/{stat}"] = [g * k]
-            expected[f"{stream}/vlad_bn/{stat}"] = [k * width // g]
+    expected = stream_variables("video_VLAD/", "audio_VLAD/")
     vlad = 4 * 2048 // 4 + 2 * 256 // 2
     expected.update({"hidden1_weights": [vlad, 16], "gating_weights_1": [16, 4],
                      "gating_weights_2": [4, 16], "gates/weights": [16, VOCAB * 3],
