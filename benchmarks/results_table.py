@@ -82,7 +82,7 @@ class Settings:
     validate_shards: int = 4
     min_frames: int = 20
     max_frames: int = 40
-    steps: int = 800
+    steps: int = 1200
     batch_size: int = 32
     learning_rate: float = 0.001
     seed: int = 1
@@ -379,7 +379,7 @@ def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--steps", type=int, default=0,
-                        help="training steps of every model (default: 800, --quick 10)")
+                        help="training steps of every model (default: 1200, --quick 10)")
     parser.add_argument("--output",
                         default=os.path.join(REPO, "benchmarks", "results_table.json"),
                         help="JSON file to write")
