@@ -1,9 +1,11 @@
-"""benchmarks/run.py --quick keeps working: it runs every benchmark and writes its JSON.
+"""benchmarks/run.py --quick and benchmarks/results_table.py --quick keep working: each
+runs every benchmark (every row) and writes its JSON.
 
 No timing is asserted (the figures depend on the machine and its load), only
 that every figure is there and positive, and that the metrics agree.
 """
 import json
+import math
 
 from helpers import run_script
 
@@ -63,3 +65,27 @@ def test_quick_run_writes_every_figure(tmp_path):
         max(1, results["settings"]["shards"] // 4))
     for key in ("loop_wall_seconds", "sweep_wall_seconds", "speedup", "sweep_peak_rss_bytes"):
         assert _positive(sweep[key]), key
+
+
+def test_quick_results_table_has_every_row(tmp_path):
+    output = tmp_path / "results_table.json"
+    result = run_script("benchmarks/results_table", "--quick", f"--output={output}",
+                        f"--data_dir={tmp_path / 'data'}", timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "| model | GAP |" in result.stdout
+    results = json.loads(output.read_text())
+
+    rows = results["rows"]
+    assert set(rows) == {"netvlad", "nextvlad", "mix_nextvlad", "student_labels",
+                         "student_labels_again", "student_distilled", "ensemble_float32",
+                         "ensemble_float16", "ensemble_int8"}
+    for name, row in rows.items():
+        assert math.isfinite(row["gap"]) and 0 <= row["gap"] <= 1, (name, row["gap"])
+        for key in ("bytes", "parameters", "train_seconds"):
+            assert _positive(row[key]), (name, key)
+    int8, float16, float32 = (rows[f"ensemble_{storage}"]["bytes"]
+                              for storage in ("int8", "float16", "float32"))
+    assert int8 < float16 < float32, (int8, float16, float32)
+    assert rows["student_distilled"]["teacher"]["row"] in rows
+    assert 0 < results["class_frequency_gap"] < 1
+    assert results["command"].startswith("python benchmarks/results_table.py --quick")
