@@ -1,5 +1,6 @@
 """Settings, machine description, sample data and child processes of the benchmarks."""
 import dataclasses
+import json
 import os
 import platform
 import statistics
@@ -107,22 +108,28 @@ def machine() -> Dict[str, object]:
     }
 
 
-def sample_data(data_dir: str, settings: Settings) -> List[str]:
-    """Frame-level train files of make_sample_data at these settings (made once, then reused).
+def generated_once(folder: str, **arguments) -> str:
+    """``folder`` with make_sample_data.write_sample_data(folder, **arguments), written once.
 
-    make_sample_data writes the same bytes for the same arguments, so a folder
-    named after them can be reused; a marker file says it is complete.
+    The same arguments write the same bytes, so a folder named after them is
+    reused; a marker file says it is complete.
     """
-    folder = f"{data_dir.rstrip('/')}/c{settings.num_classes}_f{settings.frames}_" \
-             f"{settings.shards}x{settings.videos_per_shard}"
     marker = f"{folder}/COMPLETE"
     if not tf.io.gfile.exists(marker):
-        make_sample_data.write_sample_data(
-            folder, num_classes=settings.num_classes, videos_per_shard=settings.videos_per_shard,
-            num_train_shards=settings.shards, num_validate_shards=0, num_test_shards=0,
-            min_video_frames=settings.frames, max_video_frames=settings.frames, seed=0)
+        make_sample_data.write_sample_data(folder, **arguments)
         with tf.io.gfile.GFile(marker, "w") as done:
             done.write("ok\n")
+    return folder
+
+
+def sample_data(data_dir: str, settings: Settings) -> List[str]:
+    """Frame-level train files of make_sample_data at these settings (made once, then reused)."""
+    folder = generated_once(
+        f"{data_dir.rstrip('/')}/c{settings.num_classes}_f{settings.frames}_"
+        f"{settings.shards}x{settings.videos_per_shard}",
+        num_classes=settings.num_classes, videos_per_shard=settings.videos_per_shard,
+        num_train_shards=settings.shards, num_validate_shards=0, num_test_shards=0,
+        min_video_frames=settings.frames, max_video_frames=settings.frames, seed=0)
     return sorted(tf.io.gfile.glob(f"{folder}/frame/train*.tfrecord"))
 
 
@@ -148,3 +155,20 @@ def run_child(args: Sequence[str], log_path: str) -> ChildResult:
         raise RuntimeError(f"{' '.join(args)} failed ({code}):\n{output[-3000:]}")
     peaks = [line for line in output.splitlines() if line.startswith(peak_memory.MARKER)]
     return ChildResult(seconds, int(peaks[-1][len(peak_memory.MARKER):]), output)
+
+
+def json_records(child: ChildResult) -> List[Dict[str, object]]:
+    """The JSON lines a script printed (eval.py's result line, one per checkpoint)."""
+    return [json.loads(line) for line in child.output.splitlines() if line.startswith("{")]
+
+
+def write_results(results: Dict[str, object], table: str, output: str) -> None:
+    """Ends a benchmark run: the machine, the table and the time printed, the JSON written."""
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    machine = results["machine"]
+    print(f"Machine: {machine['nproc']} cores, {machine['cpu']}, "
+          f"GPUs: {', '.join(machine['gpus']) or 'none'}, TensorFlow {machine['tensorflow']}")
+    print(table)
+    print(f"({results['seconds']:.0f} s; written to {output})")
+    with tf.io.gfile.GFile(output, "w") as out:
+        out.write(json.dumps(results, indent=1) + "\n")

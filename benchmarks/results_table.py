@@ -33,7 +33,6 @@ once into --data_dir and reused.
 import argparse
 import concurrent.futures
 import dataclasses
-import json
 import os
 import re
 import sys
@@ -52,8 +51,8 @@ import tensorflow as tf  # noqa: E402  (after the environment above)
 
 import checkpoint_size  # noqa: E402
 import checkpoint_utils  # noqa: E402
+import core_fp16  # noqa: E402
 import eval_util  # noqa: E402
-import make_sample_data  # noqa: E402
 from benchmarks import common  # noqa: E402
 
 INFERENCE_MODEL = "inference_model"
@@ -106,23 +105,13 @@ QUICK = Settings(num_classes=20, videos_per_shard=24, train_shards=2, validate_s
 
 
 def sample_data(data_dir: str, s: Settings) -> str:
-    """Folder of make_sample_data's train and validate files at these settings (made once).
-
-    The same arguments write the same bytes, so a folder named after them is
-    reused; a marker file says it is complete.
-    """
-    folder = (f"{data_dir.rstrip('/')}/table_c{s.num_classes}_f{s.min_frames}-{s.max_frames}_"
-              f"{s.train_shards}+{s.validate_shards}x{s.videos_per_shard}")
-    marker = f"{folder}/COMPLETE"
-    if not tf.io.gfile.exists(marker):
-        make_sample_data.write_sample_data(
-            folder, num_classes=s.num_classes, videos_per_shard=s.videos_per_shard,
-            num_train_shards=s.train_shards, num_validate_shards=s.validate_shards,
-            num_test_shards=0, min_video_frames=s.min_frames, max_video_frames=s.max_frames,
-            seed=0)
-        with tf.io.gfile.GFile(marker, "w") as done:
-            done.write("ok\n")
-    return folder
+    """Folder of make_sample_data's train and validate files at these settings (made once)."""
+    return common.generated_once(
+        f"{data_dir.rstrip('/')}/table_c{s.num_classes}_f{s.min_frames}-{s.max_frames}_"
+        f"{s.train_shards}+{s.validate_shards}x{s.videos_per_shard}",
+        num_classes=s.num_classes, videos_per_shard=s.videos_per_shard,
+        num_train_shards=s.train_shards, num_validate_shards=s.validate_shards,
+        num_test_shards=0, min_video_frames=s.min_frames, max_video_frames=s.max_frames, seed=0)
 
 
 # --- Flags ---------------------------------------------------------------------------
@@ -209,10 +198,10 @@ def evaluate(paths: Paths, s: Settings, run_dir: str, *selection: str) -> Dict[s
             f"--eval_data_pattern={paths.data}/frame/validate*.tfrecord",
             f"--batch_size={s.eval_batch_size}", *selection]
     child = _child(paths, args, f"eval_{os.path.basename(run_dir)}")
-    lines = [line for line in child.output.splitlines() if line.startswith("{")]
-    if not lines:
+    records = common.json_records(child)
+    if not records:
         raise RuntimeError(f"eval.py printed no result line:\n{child.output[-2000:]}")
-    record = json.loads(lines[-1])
+    record = records[-1]
     metrics = {k: record[k] for k in ("gap", "map", "hit_at_one", "num_examples")}
     return {**metrics, "eval_command": paths.shown(args)}
 
@@ -245,7 +234,7 @@ def size(checkpoint: str) -> Dict[str, int]:
     numbers = sum(
         int(tf.TensorShape(shape).num_elements())
         for name, shape in reader.get_variable_to_shape_map().items()
-        if name != checkpoint_utils.GLOBAL_STEP and not name.endswith("_int8_scale"))
+        if name != checkpoint_utils.GLOBAL_STEP and not name.endswith(core_fp16.INT8_SCALE_SUFFIX))
     return {"bytes": report["total_bytes"], "parameters": numbers}
 
 
@@ -398,14 +387,7 @@ def main() -> None:
     results = run(args)
     results["seconds"] = round(time.perf_counter() - start, 1)
     results["command"] = " ".join(["python", "benchmarks/results_table.py", *sys.argv[1:]])
-    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    machine = results["machine"]
-    print(f"Machine: {machine['nproc']} cores, {machine['cpu']}, "
-          f"GPUs: {', '.join(machine['gpus']) or 'none'}, TensorFlow {machine['tensorflow']}")
-    print(table(results))
-    print(f"({results['seconds']:.0f} s; written to {args.output})")
-    with tf.io.gfile.GFile(args.output, "w") as out:
-        out.write(json.dumps(results, indent=1) + "\n")
+    common.write_results(results, table(results), args.output)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ figures down: each is the best of several timed blocks (medians in the JSON).
 """
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import tempfile
@@ -192,14 +191,7 @@ def main() -> None:
     start = time.perf_counter()
     results = run(args)
     results["seconds"] = time.perf_counter() - start
-    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    machine = results["machine"]
-    print(f"Machine: {machine['nproc']} cores, {machine['cpu']}, "
-          f"GPUs: {', '.join(machine['gpus']) or 'none'}, TensorFlow {machine['tensorflow']}")
-    print(table(results))
-    print(f"({results['seconds']:.0f} s; written to {args.output})")
-    with tf.io.gfile.GFile(args.output, "w") as out:
-        out.write(json.dumps(results, indent=1) + "\n")
+    common.write_results(results, table(results), args.output)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ model_flags.json); each script then runs as a child process on the sample
 data.  Reported: the script's own videos/sec (after start-up and graph
 building), the end-to-end wall time and the child's peak RSS.
 """
-import json
 import os
 import re
 from typing import Dict, List
@@ -63,8 +62,7 @@ def evaluation(settings: common.Settings, train_dir: str, files: List[str]) -> D
          f"--checkpoint_file={MODEL_NAME}", "--run_once",
          f"--batch_size={settings.script_batch_size}", *settings.model_flags()],
         os.path.join(train_dir, "eval.log"))
-    records = [json.loads(line) for line in child.output.splitlines()
-               if line.startswith("{") and "videos_per_sec" in line]
+    records = [r for r in common.json_records(child) if "videos_per_sec" in r]
     if not records:
         raise RuntimeError(f"eval.py printed no result line:\n{child.output[-2000:]}")
     result = _summary(child, records[-1]["num_examples"], records[-1]["videos_per_sec"])

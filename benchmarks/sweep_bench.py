@@ -8,7 +8,6 @@ ways on a quarter of the sample data (a small held-out set), one after the
 other in the same run; reported: both wall times (start-up included), their
 ratio, both peak RSS, and whether every checkpoint got the same metrics.
 """
-import json
 import os
 from typing import Dict, List
 
@@ -43,7 +42,7 @@ def save_checkpoints(train_dir: str) -> None:
 
 
 def _records(child: common.ChildResult) -> List[Dict[str, object]]:
-    return [json.loads(line) for line in child.output.splitlines() if line.startswith("{")]
+    return common.json_records(child)
 
 
 def _eval(settings: common.Settings, train_dir: str, files: List[str], log: str,
