@@ -116,15 +116,20 @@ def model_num_frames(num_frames: tf.Tensor) -> tf.Tensor:
     return tf.maximum(num_frames, 1)
 
 
-def batch_rows(batch: dict, duplicates: submission.DuplicateIds,
-               no_frames: submission.Tally) -> str:
-    """The CSV rows of one fetched batch, after its checks (see submission.py)."""
+def check_batch(batch: dict, duplicates: submission.DuplicateIds,
+                no_frames: submission.Tally) -> None:
+    """The checks of one fetched batch (see submission.py), whatever is written of it."""
     ids, files = batch["video_ids"], batch["file_names"]
     submission.check_finite(batch["finite"], ids, files)
     duplicates.add(ids, files)
     no_frames.add(ids, batch["num_frames"] == 0)
+
+
+def batch_rows(batch: dict) -> str:
+    """The CSV rows of one fetched, checked batch."""
     return "".join(submission.csv_row(submission.decode_id(v, f), c, s) for v, f, c, s in zip(
-        ids, files, batch["classes"], batch["scores"], strict=True))
+        batch["video_ids"], batch["file_names"], batch["classes"], batch["scores"],
+        strict=True))
 
 
 def run_inference() -> None:
@@ -214,9 +219,9 @@ def write_predictions(model_dir: str, name: str, outputs: Outputs, batch_size: i
                     values = sess.run(fetches)
                 except tf.errors.OutOfRangeError:
                     break
-                rows = batch_rows(values, duplicates, no_frames)
+                check_batch(values, duplicates, no_frames)
                 if out:
-                    out.write(rows)
+                    out.write(batch_rows(values))
                 if shards:
                     shards.add(values["file_names"], values["video_ids"], values["classes"],
                                values["scores"])

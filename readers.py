@@ -71,7 +71,7 @@ def _dequantize(quantized: tf.Tensor) -> tf.Tensor:
                                       _DEQUANTIZED_MIN + 4.0, mode="MIN_COMBINED")
 
 
-def _all_in_rows(flags: tf.Tensor, row_ids: tf.Tensor, num_rows: tf.Tensor) -> tf.Tensor:
+def all_in_rows(flags: tf.Tensor, row_ids: tf.Tensor, num_rows: tf.Tensor) -> tf.Tensor:
     """[num_rows] bool: all flags of each row are True (also for rows without flags).
 
     A segment reduction: reductions over ragged tensors cost ten times more.
@@ -173,7 +173,7 @@ class _BaseReader:
         """[B, num_classes] bool indicator; an id outside [0, num_classes) is an error."""
         ids, rows = labels.flat_values, tf.cast(labels.value_rowids(), tf.int64)
         batch = tf.shape(video_ids, out_type=tf.int64)[0]
-        in_range = _all_in_rows(tf.logical_and(ids >= 0, ids < self.num_classes), rows, batch)
+        in_range = all_in_rows(tf.logical_and(ids >= 0, ids < self.num_classes), rows, batch)
         asserts = checks([(in_range, f"label id outside [0, {self.num_classes}) (--num_classes)")],
                          video_ids, file_names)
         with tf.control_dependencies(asserts):
@@ -208,7 +208,7 @@ class YT8MAggregatedFeatureReader(_BaseReader):
                   f"feature {name} missing or not of size {size} (--feature_sizes)")
                  for name, size in zip(self.feature_names, self.feature_sizes, strict=True)]
         # A NaN or Inf would only show as NaN predictions or loss, far from its cause.
-        finite = [(_all_in_rows(tf.math.is_finite(parsed[name].flat_values),
+        finite = [(all_in_rows(tf.math.is_finite(parsed[name].flat_values),
                                 parsed[name].value_rowids(), batch),
                    f"feature {name} has NaN or Inf values") for name in self.feature_names]
         asserts = checks(self._record_conditions(serialized, video_ids) + sizes + finite,
@@ -255,8 +255,8 @@ class YT8MFrameFeatureReader(_BaseReader):
         """Feature `name` has `num_frames` frames, each one string of `size` bytes."""
         count, frame_rows = values.row_lengths(), values.value_rowids()
         strings, batch = values.values, tf.shape(num_frames)[0]
-        one_string = _all_in_rows(tf.equal(strings.row_lengths(), 1), frame_rows, batch)
-        right_size = _all_in_rows(tf.equal(tf.strings.length(strings.flat_values), size),
+        one_string = all_in_rows(tf.equal(strings.row_lengths(), 1), frame_rows, batch)
+        right_size = all_in_rows(tf.equal(tf.strings.length(strings.flat_values), size),
                                   tf.gather(frame_rows, strings.value_rowids()), batch)
         return [
             self._has_frames(serialized, name, count),

@@ -117,7 +117,7 @@ def parse_batch(teacher_records: tf.Tensor, video_ids: tf.Tensor, shards: tf.Ten
     batch = tf.shape(video_ids, out_type=tf.int64)[0]
 
     def per_video(flags: tf.Tensor) -> tf.Tensor:
-        return tf.math.unsorted_segment_min(tf.cast(flags, tf.int32), rows, batch) > 0
+        return readers.all_in_rows(flags, rows, batch)
 
     conditions = [
         (tf.equal(parsed[ID_KEY], video_ids), "teacher record of another video (the shard "
