@@ -7,6 +7,7 @@ import tensorflow as tf
 
 import checkpoint_size
 from helpers import read_checkpoint, run_script
+from model_config import STORAGE_SETTINGS, MemberConfig, ModelConfig, ModelSettings
 
 V1 = tf.compat.v1
 VARIABLES = {  # two ensemble members, float16 and float32, batch norm
@@ -91,3 +92,16 @@ def test_cli_prints_the_report(checkpoint):
     total = sum(a.nbytes for a in read_checkpoint(checkpoint).values())
     assert f"total as stored: {total:,} bytes" in result.stdout
     assert "video_VLAD" in result.stdout and "OK: under the 1 GiB limit" in result.stdout
+
+
+@pytest.mark.parametrize("storages,named", [
+    (("float16", "float16"), "float16_flag=True"),
+    (("float32", "float32"), "float16_flag=False"),
+    (("int8", "int8"), "quantize_int8=True"),
+    (("float16", "int8"), "member_storage=float16,int8"),
+])
+def test_header_names_the_members_storage(storages, named):
+    members = tuple(MemberConfig(settings=ModelSettings(**STORAGE_SETTINGS[s])) for s in storages)
+    header = checkpoint_size.describe_model(ModelConfig(members=members))
+    assert header.startswith("NetVLADModelLF x2 (c64h1024, c64h1024), ")
+    assert f", {named}, num_classes=3862" in header

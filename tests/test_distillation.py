@@ -165,6 +165,22 @@ def test_inference_writes_a_shard_per_file_in_its_order(sample_data, trained_tea
                                        rtol=1e-4)
 
 
+def test_a_file_without_videos_gets_an_empty_shard(sample_data, trained_teacher, tmp_path):
+    data, out = tmp_path / "data", tmp_path / "shards"
+    data.mkdir()
+    (data / "empty.tfrecord").write_bytes(b"")
+    with open(os.path.join(sample_data, "video", "train0000.tfrecord"), "rb") as f:
+        (data / "full.tfrecord").write_bytes(f.read())
+    result = run_script("inference", f"--train_dir={trained_teacher}",
+                        f"--output_teacher_dir={out}", f"--input_data_pattern={data}/*")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(os.listdir(out)) == ["empty.tfrecord", "full.tfrecord"]
+    assert (out / "empty.tfrecord").read_bytes() == b""
+    ids = [tf.train.Example.FromString(r).features.feature["id"].bytes_list.value[0]
+           for r in tf.data.TFRecordDataset(str(out / "full.tfrecord")).as_numpy_iterator()]
+    assert ids == video_features(str(data / "full.tfrecord"))[0]
+
+
 def test_shards_never_replace_the_input(sample_data, trained_teacher):
     data = os.path.join(sample_data, "video")
     before = {n: os.path.getsize(os.path.join(data, n)) for n in os.listdir(data)}
